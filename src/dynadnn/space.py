@@ -1,0 +1,327 @@
+"""Search spaces and architectures.
+
+A `SearchSpace` is data (a JSON preset): stage widths, strides, activations, SE flags and the elastic
+choices. An `Arch` is one sub-network of a space: per-block kernel size and expand ratio, per-stage depth
+and the input resolution. Everything above this module (super-network, predictors, search, runtime)
+speaks in these two nouns.
+
+OFA's own dict form (`{"ks": [...20], "e": [...20], "d": [...5], "r": [224]}`) silently accepts values
+outside the space (e=2, short lists); `SearchSpace.validate` refuses them and names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import ArchError, UserError
+
+ACTIVATIONS = ("relu", "h_swish")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One sub-network. `ks` and `e` have one entry per block slot of the super-network (stages x max
+    depth), as in OFA; entries of blocks beyond a stage's depth are carried but do not affect the network."""
+
+    ks: tuple[int, ...]
+    e: tuple[int, ...]
+    d: tuple[int, ...]
+    r: int
+
+    def __post_init__(self) -> None:
+        for name in ("ks", "e", "d"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, (int, np.integer)) for v in value):
+                raise ArchError(f"arch field '{name}': expected a list of integers, got {value!r}")
+            object.__setattr__(self, name, tuple(int(v) for v in value))
+        if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)):
+            raise ArchError(f"arch field 'r': expected an integer resolution, got {self.r!r}")
+        object.__setattr__(self, "r", int(self.r))
+
+    # --- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": self.r}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Arch":
+        """Accepts our form and OFA's (`"r": [224]` or `"image_size": 224`)."""
+        if not isinstance(data, Mapping):
+            raise ArchError(f"arch: expected a JSON object with ks, e, d, r, got {type(data).__name__}")
+        missing = [k for k in ("ks", "e", "d") if k not in data]
+        if missing:
+            raise ArchError(f"arch: missing field(s) {', '.join(missing)} (expected ks, e, d and r)")
+        r = data.get("r", data.get("image_size"))
+        if r is None:
+            raise ArchError("arch: missing field 'r' (or OFA's 'image_size')")
+        if isinstance(r, (list, tuple)):
+            if len(r) != 1:
+                raise ArchError(f"arch field 'r': expected one resolution, got {r!r}")
+            r = r[0]
+        return cls(ks=data["ks"], e=data["e"], d=data["d"], r=r)
+
+    def to_ofa(self) -> dict[str, Any]:
+        """OFA's dict form, as its demos and Dynamic-OFA's level files store it."""
+        return {"ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": [self.r]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Arch":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArchError(f"arch: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data)
+
+    def short(self) -> str:
+        """A compact human-readable name, e.g. `d2343-r224-k355..-e346..`."""
+        return f"d{''.join(map(str, self.d))}-r{self.r}-k{''.join(map(str, self.ks))}-e{''.join(map(str, self.e))}"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    width: int
+    stride: int
+    act: str
+    se: bool
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A preset: the fixed skeleton of an elastic MobileNetV3 plus its elastic choices."""
+
+    name: str
+    in_channels: int
+    n_classes: int
+    first_conv: StageSpec  # se unused
+    first_block: StageSpec
+    stages: tuple[StageSpec, ...]
+    final_expand: int
+    feature_mix: int
+    ks_choices: tuple[int, ...]
+    e_choices: tuple[int, ...]
+    d_choices: tuple[int, ...]
+    resolutions: tuple[int, ...]
+    r_encoding: dict | None = None
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
+    dropout: float = 0.1
+    description: str = ""
+    divisor: int = field(default=8)
+
+    # --- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "preset") -> "SearchSpace":
+        def need(key: str) -> Any:
+            if key not in data:
+                raise UserError(f"{source}: missing field '{key}'")
+            return data[key]
+
+        def stage(obj: Any, where: str) -> StageSpec:
+            if not isinstance(obj, Mapping) or "width" not in obj or "stride" not in obj:
+                raise UserError(f"{source}: field '{where}' must be an object with width, stride, act[, se]")
+            act = obj.get("act", "relu")
+            if act not in ACTIVATIONS:
+                raise UserError(f"{source}: field '{where}.act' is {act!r}; expected one of {ACTIVATIONS}")
+            return StageSpec(int(obj["width"]), int(obj["stride"]), act, bool(obj.get("se", False)))
+
+        stages = need("stages")
+        if not isinstance(stages, list) or not stages:
+            raise UserError(f"{source}: field 'stages' must be a non-empty list")
+        space = cls(
+            name=str(need("name")),
+            in_channels=int(need("in_channels")),
+            n_classes=int(need("n_classes")),
+            first_conv=stage(need("first_conv"), "first_conv"),
+            first_block=stage(need("first_block"), "first_block"),
+            stages=tuple(stage(s, f"stages[{i}]") for i, s in enumerate(stages)),
+            final_expand=int(need("final_expand")),
+            feature_mix=int(need("feature_mix")),
+            ks_choices=tuple(sorted(int(v) for v in need("ks_choices"))),
+            e_choices=tuple(sorted(int(v) for v in need("e_choices"))),
+            d_choices=tuple(sorted(int(v) for v in need("d_choices"))),
+            resolutions=tuple(sorted(int(v) for v in need("resolutions"))),
+            r_encoding=data.get("r_encoding"),
+            bn_momentum=float(data.get("bn_momentum", 0.1)),
+            bn_eps=float(data.get("bn_eps", 1e-5)),
+            dropout=float(data.get("dropout", 0.1)),
+            description=str(data.get("description", "")),
+        )
+        if any(k % 2 == 0 for k in space.ks_choices):
+            raise UserError(f"{source}: field 'ks_choices' must hold odd kernel sizes, got {space.ks_choices}")
+        return space
+
+    def to_dict(self) -> dict[str, Any]:
+        def st(s: StageSpec) -> dict[str, Any]:
+            return {"width": s.width, "stride": s.stride, "act": s.act, "se": s.se}
+
+        out = {
+            "name": self.name, "description": self.description, "in_channels": self.in_channels,
+            "n_classes": self.n_classes, "first_conv": st(self.first_conv), "first_block": st(self.first_block),
+            "stages": [st(s) for s in self.stages], "final_expand": self.final_expand,
+            "feature_mix": self.feature_mix, "ks_choices": list(self.ks_choices),
+            "e_choices": list(self.e_choices), "d_choices": list(self.d_choices),
+            "resolutions": list(self.resolutions), "bn_momentum": self.bn_momentum,
+            "bn_eps": self.bn_eps, "dropout": self.dropout,
+        }
+        if self.r_encoding:
+            out["r_encoding"] = dict(self.r_encoding)
+        return out
+
+    # --- shape facts ----------------------------------------------------------------------------
+    @property
+    def n_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def max_depth(self) -> int:
+        return max(self.d_choices)
+
+    @property
+    def n_blocks(self) -> int:
+        """Elastic block slots (OFA: 20), excluding the fixed first block."""
+        return self.n_stages * self.max_depth
+
+    def stage_of(self, block: int) -> int:
+        return block // self.max_depth
+
+    def active_blocks(self, arch: Arch) -> list[int]:
+        """Indices (0-based among elastic slots) of the blocks an architecture runs."""
+        return [s * self.max_depth + i for s, d in enumerate(arch.d) for i in range(d)]
+
+    def middle_width(self, in_width: int, expand: float) -> int:
+        return make_divisible(round(in_width * expand), self.divisor)
+
+    def se_width(self, mid: int) -> int:
+        return make_divisible(mid // 4, self.divisor)
+
+    # --- validation -----------------------------------------------------------------------------
+    def validate(self, arch: Arch) -> Arch:
+        """Return `arch` if it belongs to this space; raise `ArchError` naming the field otherwise."""
+        for name, n, allowed in (("ks", self.n_blocks, self.ks_choices), ("e", self.n_blocks, self.e_choices),
+                                 ("d", self.n_stages, self.d_choices)):
+            values = getattr(arch, name)
+            if len(values) != n:
+                raise ArchError(f"arch field '{name}': expected {n} values for preset '{self.name}', got {len(values)}")
+            for i, v in enumerate(values):
+                if v not in allowed:
+                    raise ArchError(f"arch field '{name}[{i}]' is {v}; preset '{self.name}' allows {list(allowed)}")
+        if arch.r not in self.resolutions:
+            lo, hi = self.resolutions[0], self.resolutions[-1]
+            raise ArchError(f"arch field 'r' is {arch.r}; preset '{self.name}' allows {list(self.resolutions)}"
+                            if len(self.resolutions) <= 8 else
+                            f"arch field 'r' is {arch.r}; preset '{self.name}' allows {lo}..{hi} in its list of {len(self.resolutions)}")
+        return arch
+
+    def canonical(self, arch: Arch) -> Arch:
+        """The same network with inactive block slots set to the smallest choice, so equal networks compare
+        equal (searches de-duplicate on this)."""
+        active = set(self.active_blocks(arch))
+        ks = tuple(k if i in active else self.ks_choices[0] for i, k in enumerate(arch.ks))
+        e = tuple(x if i in active else self.e_choices[0] for i, x in enumerate(arch.e))
+        return Arch(ks, e, arch.d, arch.r)
+
+    # --- sampling -------------------------------------------------------------------------------
+    def max_arch(self, r: int | None = None) -> Arch:
+        return Arch((max(self.ks_choices),) * self.n_blocks, (max(self.e_choices),) * self.n_blocks,
+                    (max(self.d_choices),) * self.n_stages, r or max(self.resolutions))
+
+    def min_arch(self, r: int | None = None) -> Arch:
+        return Arch((min(self.ks_choices),) * self.n_blocks, (min(self.e_choices),) * self.n_blocks,
+                    (min(self.d_choices),) * self.n_stages, r or min(self.resolutions))
+
+    def sample(self, rng: random.Random, r: int | None = None) -> Arch:
+        """Uniform per choice, as OFA samples (not uniform over networks)."""
+        return Arch(tuple(rng.choice(self.ks_choices) for _ in range(self.n_blocks)),
+                    tuple(rng.choice(self.e_choices) for _ in range(self.n_blocks)),
+                    tuple(rng.choice(self.d_choices) for _ in range(self.n_stages)),
+                    r if r is not None else rng.choice(self.resolutions))
+
+    def mutate(self, arch: Arch, rng: random.Random, prob: float = 0.1) -> Arch:
+        """Re-draw each gene with probability `prob` (OFA's evolution mutates this way)."""
+        pick = lambda v, choices: rng.choice(choices) if rng.random() < prob else v  # noqa: E731
+        return Arch(tuple(pick(k, self.ks_choices) for k in arch.ks), tuple(pick(e, self.e_choices) for e in arch.e),
+                    tuple(pick(d, self.d_choices) for d in arch.d), pick(arch.r, self.resolutions))
+
+    def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
+        """Uniform crossover, gene by gene."""
+        mix = lambda x, y: tuple(rng.choice((u, v)) for u, v in zip(x, y))  # noqa: E731
+        return Arch(mix(a.ks, b.ks), mix(a.e, b.e), mix(a.d, b.d), rng.choice((a.r, b.r)))
+
+    def size(self) -> int:
+        """Number of distinct networks (inactive slots do not count)."""
+        per_block = len(self.ks_choices) * len(self.e_choices)
+        per_stage = sum(per_block ** d for d in self.d_choices)
+        return per_stage ** self.n_stages * len(self.resolutions)
+
+    # --- encoding -------------------------------------------------------------------------------
+    @property
+    def encoding_size(self) -> int:
+        return self.n_blocks * (len(self.ks_choices) + len(self.e_choices)) + self._r_slots()
+
+    def _r_slots(self) -> int:
+        return int(self.r_encoding["slots"]) if self.r_encoding else len(self.resolutions)
+
+    def _r_index(self, r: int) -> int:
+        if self.r_encoding:
+            idx = (r - int(self.r_encoding["start"])) // int(self.r_encoding["step"])
+            return min(max(idx, 0), self._r_slots() - 1)
+        return self.resolutions.index(r)
+
+    def encode(self, arch: Arch) -> np.ndarray:
+        """OFA's one-hot encoding, generalised: [kernel one-hot per block | expand one-hot per block |
+        resolution one-hot]; blocks beyond a stage's depth are all zeros."""
+        return self.encode_many([arch])[0]
+
+    def encode_many(self, archs: Sequence[Arch]) -> np.ndarray:
+        nk, ne = len(self.ks_choices), len(self.e_choices)
+        out = np.zeros((len(archs), self.encoding_size), dtype=np.float32)
+        kidx = {k: i for i, k in enumerate(self.ks_choices)}
+        eidx = {e: i for i, e in enumerate(self.e_choices)}
+        e_off = self.n_blocks * nk
+        r_off = e_off + self.n_blocks * ne
+        for row, arch in enumerate(archs):
+            for b in self.active_blocks(arch):
+                out[row, b * nk + kidx[arch.ks[b]]] = 1.0
+                out[row, e_off + b * ne + eidx[arch.e[b]]] = 1.0
+            out[row, r_off + self._r_index(arch.r)] = 1.0
+        return out
+
+
+def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
+    """Round a channel count to a multiple of `divisor` without dropping more than 10 % (as OFA/TF do)."""
+    min_val = min_val or divisor
+    new_v = max(min_val, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return int(new_v)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("dynadnn.presets").iterdir() if p.name.endswith(".json"))
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """A preset by name (`tiny`, `ofa_mbv3_w1.0`, `ofa_mbv3_w1.2`) or a JSON file path."""
+    text, source = None, str(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in list_presets():
+        text = resources.files("dynadnn.presets").joinpath(f"{name_or_path}.json").read_text()
+        source = f"preset '{name_or_path}'"
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise UserError(f"unknown preset '{name_or_path}': expected one of {', '.join(list_presets())} or a JSON file")
+        text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return SearchSpace.from_dict(data, source)

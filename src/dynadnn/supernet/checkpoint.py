@@ -1,0 +1,265 @@
+"""Checkpoints: our safetensors format, and OFA's PyTorch state dicts in both directions.
+
+Our checkpoint is one `.safetensors` file whose header carries a JSON document under the key `dynadnn`
+(preset, data, recipe, seed, steps, metrics, ...). It is written to a temporary file and renamed, so a
+crash never leaves half a checkpoint.
+
+OFA's files are PyTorch pickles. They are read with `torch.load(weights_only=True)` only, which refuses
+any pickle that would build arbitrary Python objects. Accepted layouts: the elastic network
+(`blocks.5.conv.depth_conv.conv.conv.weight`, `...7to5_matrix`), the legacy `mobile_inverted_conv` names,
+the static layout of a full-size teacher (`blocks.5.conv.depth_conv.conv.weight`; its kernel matrices
+stay identity), optionally wrapped as `{"state_dict": ...}` and/or prefixed with `module.`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..errors import CheckpointError
+from ..space import SearchSpace, list_presets, load_space
+from .network import SuperNet
+
+FORMAT = "dynadnn.checkpoint/1"
+_PART = {"inverted_bottleneck": "expand", "depth_conv": "dw", "point_linear": "project"}
+_PART_BACK = {v: k for k, v in _PART.items()}
+_TOP = {
+    "first_conv.conv.weight": "first_conv.weight",
+    "final_expand_layer.conv.weight": "final_expand.weight",
+    "feature_mix_layer.conv.weight": "feature_mix.weight",
+    "classifier.linear.weight": "classifier.weight",
+    "classifier.linear.bias": "classifier.bias",
+}
+_TOP_BN = {"first_conv.bn.": "first_bn.", "final_expand_layer.bn.": "final_bn."}
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(?:conv|mobile_inverted_conv)\.(inverted_bottleneck|depth_conv|point_linear)\.(.+)$")
+
+
+# ----------------------------------------------------------------------------------------------------
+# OFA <-> ours: pure name mappings
+# ----------------------------------------------------------------------------------------------------
+def ofa_key_to_ours(key: str) -> str | None:
+    """Our parameter name for an OFA state-dict key, or None if it is not an OFA-MobileNetV3 key."""
+    if key.startswith("module."):
+        key = key[len("module."):]
+    if key in _TOP:
+        return _TOP[key]
+    for src, dst in _TOP_BN.items():
+        if key.startswith(src):
+            return dst + key[len(src):]
+    m = _BLOCK.match(key)
+    if not m:
+        return None
+    idx, part, rest = m.group(1), _PART[m.group(2)], m.group(3)
+    base = f"blocks.{idx}.{part}"
+    if rest in ("conv.conv.weight", "conv.weight"):
+        return f"{base}.weight"
+    t = re.fullmatch(r"conv\.(\d+to\d+)_matrix", rest)
+    if t:
+        return f"blocks.{idx}.kernel_transforms.{t.group(1)}"
+    for prefix in ("bn.bn.", "bn."):
+        if rest.startswith(prefix):
+            return f"{base}_bn.{rest[len(prefix):]}"
+    s = re.fullmatch(r"se\.fc\.(reduce|expand)\.(weight|bias)", rest)
+    if s and part == "dw":
+        return f"blocks.{idx}.se_{s.group(1)}.{s.group(2)}"
+    return None
+
+
+def our_key_to_ofa(key: str) -> str:
+    """OFA's name (elastic layout; block 0 and the head in OFA's static layout, as OFA stores them)."""
+    for ofa, ours in _TOP.items():
+        if key == ours:
+            return ofa
+    for ofa, ours in _TOP_BN.items():
+        if key.startswith(ours):
+            return ofa + key[len(ours):]
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
+    if not m:
+        raise KeyError(key)
+    idx, rest = int(m.group(1)), m.group(2)
+    dyn = idx > 0  # OFA's first block is a static MBConvLayer
+    p = f"blocks.{idx}.conv"
+    t = re.fullmatch(r"kernel_transforms\.(\d+to\d+)", rest)
+    if t:
+        return f"{p}.depth_conv.conv.{t.group(1)}_matrix"
+    s = re.fullmatch(r"se_(reduce|expand)\.(weight|bias)", rest)
+    if s:
+        return f"{p}.depth_conv.se.fc.{s.group(1)}.{s.group(2)}"
+    part, _, leaf = rest.partition(".")
+    if part.endswith("_bn"):
+        return f"{p}.{_PART_BACK[part[:-3]]}.bn.{'bn.' if dyn else ''}{leaf}"
+    return f"{p}.{_PART_BACK[part]}.conv.{'conv.' if dyn else ''}{leaf}"
+
+
+def to_ofa_state_dict(net: SuperNet) -> dict[str, Tensor]:
+    """Our super-network's weights under OFA's names: loads into `ofa`'s OFAMobileNetV3 with strict=True."""
+    return {our_key_to_ofa(k): v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _fit(net: SuperNet, ours: Mapping[str, Tensor], source: str, optional: tuple[str, ...] = ()) -> None:
+    """Copy `ours` into `net`, checking names and shapes first so that nothing is half-loaded."""
+    target = net.state_dict()
+    for key, value in ours.items():
+        if key not in target:
+            raise CheckpointError(f"{source}: unexpected tensor '{key}' for preset '{net.space.name}'")
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise CheckpointError(f"{source}: '{key}' has shape {list(value.shape)}, preset '{net.space.name}' "
+                                  f"expects {list(target[key].shape)}")
+    missing = [k for k in target if k not in ours and not k.endswith("num_batches_tracked")
+               and not any(o in k for o in optional)]
+    if missing:
+        raise CheckpointError(f"{source}: missing {len(missing)} tensor(s) for preset '{net.space.name}', "
+                              f"first '{missing[0]}'")
+    with torch.no_grad():
+        for key, value in ours.items():
+            target[key].copy_(value.to(target[key].dtype))
+    net.invalidate()
+
+
+def load_ofa_state_dict(net: SuperNet, state: Mapping[str, Any], source: str = "checkpoint") -> None:
+    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: expected a state dict of tensors (or {{'state_dict': ...}})")
+    ours: dict[str, Tensor] = {}
+    for key, value in state.items():
+        name = ofa_key_to_ours(key)
+        if name is None:
+            raise CheckpointError(f"{source}: '{key}' is not an OFA-MobileNetV3 tensor")
+        ours[name] = value
+    _fit(net, ours, source, optional=("kernel_transforms",))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------
+def _read_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(f"{path}: refusing to load: the file holds Python objects that would run code "
+                                  "(only tensors and plain containers are accepted)") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of one of our checkpoints (empty for OFA files)."""
+    path = resolve_checkpoint_path(path)
+    if not _is_safetensors(path):
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("dynadnn")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    if raw is None:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: metadata field 'dynadnn' is not valid JSON") from None
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    text = str(path)
+    if text.startswith("zoo:"):
+        from ..zoo import zoo_path  # the registry of shipped models
+
+        return zoo_path(text[4:])
+    p = Path(text)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    return p
+
+
+def _guess_space(state: Mapping[str, Tensor], source: str) -> SearchSpace:
+    """Pick the preset whose shapes match an OFA state dict (w1.0 and w1.2 differ in every width)."""
+    for name in list_presets():
+        space = load_space(name)
+        try:
+            _fit(SuperNet(space), {ofa_key_to_ours(k) or k: v for k, v in state.items()}, source, ("kernel_transforms",))
+            return space
+        except CheckpointError:
+            continue
+    raise CheckpointError(f"{source}: its shapes match none of the presets {list_presets()}; pass --preset")
+
+
+def load_checkpoint(path: str | Path, preset: str | SearchSpace | None = None) -> tuple[SuperNet, dict[str, Any]]:
+    """A super-network from one of our `.safetensors` checkpoints, an OFA `.pth`, or `zoo:NAME`."""
+    p = resolve_checkpoint_path(path)
+    if _is_safetensors(p):
+        meta = read_checkpoint_meta(p)
+        name = preset or meta.get("preset")
+        if name is None:
+            raise CheckpointError(f"{p}: no 'preset' in its metadata; pass --preset")
+        space = name if isinstance(name, SearchSpace) else load_space(name)
+        if meta.get("space"):
+            space = SearchSpace.from_dict(meta["space"], f"{p} metadata")
+        try:
+            tensors = load_file(str(p))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from None
+        net = SuperNet(space)
+        _fit(net, tensors, str(p))
+        return net.eval(), meta
+    state = _read_torch(p)
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{p}: not a model checkpoint (expected a state dict of tensors)")
+    if preset is None:
+        space = _guess_space(state, str(p))
+    else:
+        space = preset if isinstance(preset, SearchSpace) else load_space(preset)
+    net = SuperNet(space)
+    load_ofa_state_dict(net, state, str(p))
+    return net.eval(), {"preset": space.name, "source": str(p), "format": "ofa"}
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(tmp_path)` then rename onto `path`: readers never see a partial file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"{path.parent}: cannot write here ({exc.strerror})") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(net: SuperNet, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write weights + metadata atomically. The preset's full description travels in the metadata, so a
+    checkpoint of a custom space loads without its JSON file."""
+    doc = {"format": FORMAT, "preset": net.space.name, "space": net.space.to_dict(), **(meta or {})}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"dynadnn": json.dumps(doc)}))

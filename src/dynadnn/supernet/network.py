@@ -1,0 +1,404 @@
+"""The elastic MobileNetV3 super-network (Once-for-All compatible).
+
+Parameters live in ordinary `nn.Conv2d`/`nn.BatchNorm2d`/`nn.Linear` modules sized for the largest
+sub-network. Running a sub-network means building a `Plan`: the sliced, kernel-transformed (and in eval,
+BN-folded) tensors for every layer of that architecture. Training builds a plan on every step (autograd
+flows through the slicing); inference builds it once at `set_active` and reuses it, so a forward costs
+the same as a static model's. A plan is immutable and `forward` reads the active one once, so a switch
+from another thread never mixes two members within one inference.
+
+Semantics follow OFA exactly (elastic kernel via the 7to5 / 5to3 transformation matrices applied to the
+centre crop; expand ratio by prefix slicing; depth = the first d blocks of each stage; SE width from the
+active middle width; h-swish/h-sigmoid), which the parity test checks against the `ofa` package.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ArchError
+from ..space import Arch, SearchSpace, make_divisible
+
+ACT: dict[str | None, Callable[[Tensor], Tensor] | None] = {"relu": F.relu, "h_swish": F.hardswish, None: None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Plans: plain tensors for one architecture
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BN:
+    """Batch-norm parameters for the active channels. `key` names the layer for calibration records."""
+
+    key: str
+    weight: Tensor
+    bias: Tensor
+    mean: Tensor
+    var: Tensor
+    eps: float
+    momentum: float
+
+
+@dataclass(frozen=True)
+class Conv:
+    weight: Tensor
+    bias: Tensor | None
+    stride: int
+    padding: int
+    groups: int
+    bn: BN | None  # None once folded (or for layers without BN)
+    act: str | None
+
+
+@dataclass(frozen=True)
+class SE:
+    reduce_w: Tensor
+    reduce_b: Tensor
+    expand_w: Tensor
+    expand_b: Tensor
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    expand: Conv | None
+    dw: Conv
+    se: SE | None
+    project: Conv
+    residual: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything needed to run one sub-network, detached from the super-network's modules."""
+
+    arch: Arch
+    stem: Conv
+    blocks: tuple[BlockPlan, ...]
+    final: Conv
+    mix: Conv
+    classifier_w: Tensor
+    classifier_b: Tensor
+    dropout: float
+    folded: bool
+
+
+# ----------------------------------------------------------------------------------------------------
+# Modules that hold the parameters (OFA's layout is a name mapping away: see checkpoint.py)
+# ----------------------------------------------------------------------------------------------------
+def _bn(c: int, space: SearchSpace) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=space.bn_eps, momentum=space.bn_momentum)
+
+
+class ElasticBlock(nn.Module):
+    """An inverted-residual block at its largest size; `plan` slices it for a kernel and expand ratio."""
+
+    def __init__(self, space: SearchSpace, cin: int, cout: int, stride: int, act: str, se: bool,
+                 ks_choices: tuple[int, ...], e_choices: tuple[int, ...]):
+        super().__init__()
+        self.cin, self.cout, self.stride, self.act, self.use_se = cin, cout, stride, act, se
+        self.ks_choices, self.e_choices = tuple(sorted(ks_choices)), tuple(sorted(e_choices))
+        self.residual = stride == 1 and cin == cout
+        max_mid = make_divisible(round(cin * max(e_choices)), space.divisor)
+        kmax = max(ks_choices)
+        if max(e_choices) != 1:
+            self.expand = nn.Conv2d(cin, max_mid, 1, bias=False)
+            self.expand_bn = _bn(max_mid, space)
+        else:  # OFA's first block: no expansion, the middle width is the input width
+            self.expand, self.expand_bn, max_mid = None, None, cin
+        self.dw = nn.Conv2d(max_mid, max_mid, kmax, stride, kmax // 2, groups=max_mid, bias=False)
+        self.dw_bn = _bn(max_mid, space)
+        # OFA's kernel transformation matrices, largest first: "7to5", "5to3", each initialised to identity.
+        self.kernel_transforms = nn.ParameterDict({
+            f"{big}to{small}": nn.Parameter(torch.eye(small * small))
+            for small, big in zip(self.ks_choices[:-1], self.ks_choices[1:])
+        })
+        if se:
+            se_mid = make_divisible(max_mid // 4, space.divisor)
+            self.se_reduce = nn.Conv2d(max_mid, se_mid, 1, bias=True)
+            self.se_expand = nn.Conv2d(se_mid, max_mid, 1, bias=True)
+        self.project = nn.Conv2d(max_mid, cout, 1, bias=False)
+        self.project_bn = _bn(cout, space)
+        self.divisor = space.divisor
+
+    def middle(self, e: int) -> int:
+        if self.expand is None:
+            return self.cin
+        return make_divisible(round(self.cin * e), self.divisor)
+
+    def dw_filter(self, mid: int, k: int) -> Tensor:
+        """Depthwise filter for kernel `k`: the centre crop of the largest kernel, transformed step by step
+        (7 -> 5 -> 3) by the learned matrices, exactly as OFA's DynamicSeparableConv2d does."""
+        w = self.dw.weight[:mid]
+        size = w.shape[-1]
+        if k == size:
+            return w
+        if k not in self.ks_choices:
+            raise ArchError(f"kernel size {k} is not one of {list(self.ks_choices)}")
+        for big, small in zip(reversed(self.ks_choices[1:]), reversed(self.ks_choices[:-1])):
+            if big <= k:
+                break
+            start = (big - small) // 2
+            crop = w[:, :, start:start + small, start:start + small].reshape(-1, small * small)
+            w = F.linear(crop, self.kernel_transforms[f"{big}to{small}"]).view(mid, 1, small, small)
+        return w
+
+
+class SuperNet(nn.Module):
+    """OFA's elastic MobileNetV3 for any `SearchSpace`."""
+
+    def __init__(self, space: SearchSpace):
+        super().__init__()
+        self.space = space
+        fc, fb = space.first_conv, space.first_block
+        self.first_conv = nn.Conv2d(space.in_channels, fc.width, 3, fc.stride, 1, bias=False)
+        self.first_bn = _bn(fc.width, space)
+        blocks = [ElasticBlock(space, fc.width, fb.width, fb.stride, fb.act, fb.se, (3,), (1,))]
+        cin = fb.width
+        for st in space.stages:
+            for i in range(space.max_depth):
+                blocks.append(ElasticBlock(space, cin, st.width, st.stride if i == 0 else 1, st.act, st.se,
+                                           space.ks_choices, space.e_choices))
+                cin = st.width
+        self.blocks = nn.ModuleList(blocks)
+        self.final_expand = nn.Conv2d(cin, space.final_expand, 1, bias=False)
+        self.final_bn = _bn(space.final_expand, space)
+        self.feature_mix = nn.Conv2d(space.final_expand, space.feature_mix, 1, bias=False)
+        self.classifier = nn.Linear(space.feature_mix, space.n_classes)
+        self._lock = threading.Lock()
+        self._plan_cache: OrderedDict[tuple, Plan] = OrderedDict()
+        self.plan_cache_size = 32
+        self.active_arch = space.max_arch()
+        self._plan: Plan | None = None
+        self.reset_parameters()
+
+    # --- initialisation ---------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """He (fan-out) init for convolutions, unit BN, uniform linear: OFA's `init_model('he_fout')`."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / m.weight.shape[1] ** 0.5
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+        self.invalidate()
+
+    # --- plans ------------------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """Forget cached plans: call after the weights or BN buffers change outside `train()`."""
+        with self._lock:
+            self._plan_cache.clear()
+            self._plan = None
+
+    def train(self, mode: bool = True) -> "SuperNet":
+        super().train(mode)
+        self.invalidate()
+        return self
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: D401 - torch hook
+        self.invalidate()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def plan(self, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None, fold_bn: bool = False) -> Plan:
+        """Tensors for `arch`. In no-grad mode they are detached copies (safe to keep); with grad they are
+        views that back-propagate into the super-network. `bn_stats` (from `calibrate_bn`) replaces the
+        shared running statistics for this member only."""
+        space = self.space
+        space.validate(arch)
+        stats = bn_stats or {}
+
+        def bn(module: nn.BatchNorm2d, key: str, c: int) -> BN:
+            mean = stats.get(f"{key}.running_mean", module.running_mean[:c])
+            var = stats.get(f"{key}.running_var", module.running_var[:c])
+            if mean.shape[0] != c or var.shape[0] != c:
+                raise ArchError(f"BN statistics '{key}' have {mean.shape[0]} channels, the member needs {c}")
+            return BN(key, module.weight[:c], module.bias[:c], mean, var, module.eps, module.momentum or 0.0)
+
+        def conv(weight: Tensor, stride: int, groups: int, bn_: BN | None, act: str | None) -> Conv:
+            k = weight.shape[-1]
+            if fold_bn and bn_ is not None:
+                scale = bn_.weight / torch.sqrt(bn_.var + bn_.eps)
+                return Conv((weight * scale.view(-1, 1, 1, 1)).contiguous(), (bn_.bias - bn_.mean * scale).contiguous(),
+                            stride, k // 2, groups, None, act)
+            return Conv(weight, None, stride, k // 2, groups, bn_, act)
+
+        stem = conv(self.first_conv.weight, space.first_conv.stride, 1,
+                    bn(self.first_bn, "first_bn", space.first_conv.width), space.first_conv.act)
+        active = [0] + [1 + b for b in space.active_blocks(arch)]
+        blocks = []
+        for idx in active:
+            blk: ElasticBlock = self.blocks[idx]
+            k, e = (3, 1) if idx == 0 else (arch.ks[idx - 1], arch.e[idx - 1])
+            mid = blk.middle(e)
+            p = f"blocks.{idx}"
+            expand = None
+            if blk.expand is not None:
+                expand = conv(blk.expand.weight[:mid], 1, 1, bn(blk.expand_bn, f"{p}.expand_bn", mid), blk.act)
+            dw = conv(blk.dw_filter(mid, k), blk.stride, mid, bn(blk.dw_bn, f"{p}.dw_bn", mid), blk.act)
+            se = None
+            if blk.use_se:
+                s = make_divisible(mid // 4, space.divisor)
+                se = SE(blk.se_reduce.weight[:s, :mid], blk.se_reduce.bias[:s],
+                        blk.se_expand.weight[:mid, :s], blk.se_expand.bias[:mid])
+            project = conv(blk.project.weight[:, :mid], 1, 1, bn(blk.project_bn, f"{p}.project_bn", blk.cout), None)
+            blocks.append(BlockPlan(expand, dw, se, project, blk.residual))
+        final = conv(self.final_expand.weight, 1, 1, bn(self.final_bn, "final_bn", space.final_expand), "h_swish")
+        mix = Conv(self.feature_mix.weight, None, 1, 0, 1, None, "h_swish")
+        plan = Plan(arch, stem, tuple(blocks), final, mix, self.classifier.weight, self.classifier.bias,
+                    space.dropout, fold_bn)
+        if not torch.is_grad_enabled():
+            plan = _detach_plan(plan)
+        return plan
+
+    def set_active(self, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None, fold_bn: bool = True) -> Plan:
+        """Make `arch` the network that `forward` runs. In eval mode its weights are sliced, transformed
+        and (by default) BN-folded now, once; plans without custom `bn_stats` are cached (LRU)."""
+        self.space.validate(arch)
+        self.active_arch = arch
+        if self.training:
+            self._plan = None
+            return None  # type: ignore[return-value]
+        key = (self.space.canonical(arch), fold_bn)
+        with self._lock:
+            plan = self._plan_cache.get(key) if bn_stats is None else None
+            if plan is not None:
+                self._plan_cache.move_to_end(key)
+        if plan is None:
+            with torch.no_grad():
+                plan = self.plan(arch, bn_stats, fold_bn)
+            if bn_stats is None:
+                with self._lock:
+                    self._plan_cache[key] = plan
+                    while len(self._plan_cache) > self.plan_cache_size:
+                        self._plan_cache.popitem(last=False)
+        self._plan = plan  # a single reference swap: atomic for concurrent readers
+        return plan
+
+    def use_plan(self, plan: Plan) -> None:
+        """Switch to a prepared plan: a pointer swap, no tensor work."""
+        self.active_arch = plan.arch
+        self._plan = plan
+
+    # --- running ----------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return run_plan(self.plan(self.active_arch), x, mode="train")
+        plan = self._plan
+        if plan is None:
+            plan = self.set_active(self.active_arch)
+        return run_plan(plan, x)
+
+    @torch.no_grad()
+    def calibrate_bn(self, arch: Arch, batches: Iterable[Tensor]) -> dict[str, Tensor]:
+        """Re-estimate BN statistics of `arch` on `batches` as OFA's `set_running_statistics` does: each BN
+        normalises with its batch mean and biased variance, and the statistics are the batch-size-weighted
+        means over all batches. Returns a small dict `{"blocks.3.dw_bn.running_mean": ..., ...}` holding
+        only the member's active channels; the super-network is left untouched."""
+        plan = self.plan(arch, fold_bn=False)
+        sums: dict[str, list] = {}
+        for x in batches:
+            if isinstance(x, (tuple, list)):
+                x = x[0]
+            run_plan(plan, x, mode="calibrate", record=sums)
+        if not sums:
+            raise ValueError("calibrate_bn: no batches were given")
+        out: dict[str, Tensor] = {}
+        for key, (n, mean_sum, var_sum) in sums.items():
+            out[f"{key}.running_mean"] = (mean_sum / n).contiguous()
+            out[f"{key}.running_var"] = (var_sum / n).contiguous()
+        return out
+
+    @torch.no_grad()
+    def load_bn_stats(self, stats: Mapping[str, Tensor]) -> None:
+        """Write member statistics into the shared running buffers (prefix slices), as OFA does after
+        calibration. Prefer passing `bn_stats=` to `set_active`/`extract`, which leaves the buffers alone."""
+        buffers = dict(self.named_buffers())
+        for key, value in stats.items():
+            if key not in buffers:
+                raise KeyError(f"BN statistics name unknown buffer '{key}'")
+            buffers[key][: value.shape[0]].copy_(value)
+        self.invalidate()
+
+    def extract(self, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None) -> "StaticNet":
+        """A standalone static model of standard Conv2d/BatchNorm2d/Linear layers with copied weights."""
+        from .static import StaticNet
+
+        with torch.no_grad():
+            plan = self.plan(arch, bn_stats, fold_bn=False)
+        return StaticNet.from_plan(plan, self.space)
+
+
+def _detach_plan(plan: Plan) -> Plan:
+    def t(x):
+        return None if x is None else x.detach().clone().contiguous()
+
+    def bn(b: BN | None):
+        return None if b is None else BN(b.key, t(b.weight), t(b.bias), t(b.mean), t(b.var), b.eps, b.momentum)
+
+    def conv(c: Conv | None):
+        return None if c is None else Conv(t(c.weight), t(c.bias), c.stride, c.padding, c.groups, bn(c.bn), c.act)
+
+    blocks = tuple(BlockPlan(conv(b.expand), conv(b.dw),
+                             None if b.se is None else SE(t(b.se.reduce_w), t(b.se.reduce_b), t(b.se.expand_w), t(b.se.expand_b)),
+                             conv(b.project), b.residual) for b in plan.blocks)
+    return Plan(plan.arch, conv(plan.stem), blocks, conv(plan.final), conv(plan.mix), t(plan.classifier_w),
+                t(plan.classifier_b), plan.dropout, plan.folded)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The functional forward shared by training, calibration and in-place inference
+# ----------------------------------------------------------------------------------------------------
+def _batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    mean = x.mean(0, keepdim=True).mean(2, keepdim=True).mean(3, keepdim=True)
+    var = ((x - mean) * (x - mean)).mean(0, keepdim=True).mean(2, keepdim=True).mean(3, keepdim=True)
+    return mean.flatten(), var.flatten()
+
+
+def _conv(c: Conv, x: Tensor, mode: str, record: dict | None) -> Tensor:
+    x = F.conv2d(x, c.weight, c.bias, c.stride, c.padding, 1, c.groups)
+    b = c.bn
+    if b is not None:
+        if mode == "eval":
+            x = F.batch_norm(x, b.mean, b.var, b.weight, b.bias, False, 0.0, b.eps)
+        elif mode == "train":
+            x = F.batch_norm(x, b.mean, b.var, b.weight, b.bias, True, b.momentum, b.eps)
+        else:  # calibrate: normalise with batch statistics and accumulate them (OFA's recipe)
+            mean, var = _batch_stats(x)
+            n = x.shape[0]
+            acc = record.get(b.key)
+            record[b.key] = [n, mean * n, var * n] if acc is None else [acc[0] + n, acc[1] + mean * n, acc[2] + var * n]
+            x = F.batch_norm(x, mean, var, b.weight, b.bias, False, 0.0, b.eps)
+    act = ACT[c.act]
+    return x if act is None else act(x)
+
+
+def run_plan(plan: Plan, x: Tensor, mode: str = "eval", record: dict | None = None) -> Tensor:
+    """Run a sub-network. `mode`: "eval" (stored statistics), "train" (batch statistics, running
+    statistics updated in place), "calibrate" (batch statistics recorded into `record`)."""
+    x = _conv(plan.stem, x, mode, record)
+    for blk in plan.blocks:
+        y = x if blk.expand is None else _conv(blk.expand, x, mode, record)
+        y = _conv(blk.dw, y, mode, record)
+        if blk.se is not None:
+            s = y.mean(3, keepdim=True).mean(2, keepdim=True)
+            s = F.relu(F.conv2d(s, blk.se.reduce_w, blk.se.reduce_b))
+            y = y * F.hardsigmoid(F.conv2d(s, blk.se.expand_w, blk.se.expand_b))
+        y = _conv(blk.project, y, mode, record)
+        x = x + y if blk.residual else y
+    x = _conv(plan.final, x, mode, record)
+    x = x.mean(3, keepdim=True).mean(2, keepdim=True)
+    x = _conv(plan.mix, x, mode, record).flatten(1)
+    if mode == "train" and plan.dropout > 0:
+        x = F.dropout(x, plan.dropout, True)
+    return F.linear(x, plan.classifier_w, plan.classifier_b)
