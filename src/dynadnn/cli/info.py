@@ -1,0 +1,27 @@
+"""`dynadnn info`: presets, their search-space sizes, and shipped models."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..space import list_presets, load_space
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list presets (search spaces) and shipped models",
+                       description="List the search-space presets with their size and choices.")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in list_presets():
+        s = load_space(name)
+        print(f"{name:16s} {s.in_channels}x{s.resolutions[0]}..{s.resolutions[-1]}px  classes={s.n_classes}  "
+              f"ks={list(s.ks_choices)} e={list(s.e_choices)} d={list(s.d_choices)}  size={s.size():.2e}")
+    try:
+        from ..zoo import list_models
+    except ImportError:
+        return 0
+    for name, desc in list_models().items():
+        print(f"zoo:{name:12s} {desc}")
+    return 0
