@@ -1,0 +1,224 @@
+"""Accuracy predictor: an MLP on OFA's one-hot architecture encoding.
+
+Measuring a sub-network's accuracy needs BN calibration and a pass over a validation set (seconds to
+minutes); the search needs tens of thousands of them, so it asks this predictor instead. The network is
+OFA's (encoding -> 400 -> ReLU -> 400 -> ReLU -> 400 -> ReLU -> 1, outputting top-1 as a fraction), the
+encoding is `SearchSpace.encode_many` (OFA's 128-d layout for the OFA presets), so OFA's published
+checkpoint loads as is; for our own super-networks it is trained on (architecture, BN-calibrated
+accuracy) pairs. Predictions are returned in percent. Stored as `predictor.safetensors` (weights) +
+`predictor.json` (preset, layout, training metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..space import Arch, SearchSpace
+from .genes import GeneCoding
+
+PREDICTOR_FORMAT = "dynadnn.accuracy_predictor/1"
+OFA_HIDDEN = (400, 400, 400)
+
+
+def build_mlp(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
+    """OFA's layout: Linear/ReLU pairs then Linear(., 1); state-dict keys 0.weight, 2.weight, ..."""
+    layers: list[nn.Module] = []
+    prev = n_in
+    for h in hidden:
+        layers += [nn.Linear(prev, h), nn.ReLU()]
+        prev = h
+    layers.append(nn.Linear(prev, 1))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class FitReport:
+    """How well a trained predictor ranks and fits held-out architectures (top-1 in percent)."""
+
+    n_train: int
+    n_test: int
+    rmse: float
+    kendall_tau: float
+    epochs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(np.asarray(a), np.asarray(b)).statistic
+    return float(tau) if tau == tau else 0.0
+
+
+class AccuracyPredictor:
+    """Predicted top-1 (percent) for architectures of one search space."""
+
+    def __init__(self, space: SearchSpace, hidden: Sequence[int] = OFA_HIDDEN, model: nn.Sequential | None = None,
+                 meta: dict[str, Any] | None = None):
+        self.space = space
+        self.hidden = tuple(int(h) for h in hidden)
+        self.model = (model or build_mlp(space.encoding_size, self.hidden)).eval()
+        self.meta = dict(meta or {})
+
+    # --- prediction -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_encoded(self, features: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        return self.model(x)[:, 0].double().numpy() * 100.0
+
+    def predict_genes(self, genes: np.ndarray, coding: GeneCoding) -> np.ndarray:
+        return self.predict_encoded(coding.onehot(genes))
+
+    def predict(self, archs: Sequence[Arch] | Arch) -> np.ndarray:
+        archs = [archs] if isinstance(archs, Arch) else list(archs)
+        for a in archs:
+            self.space.validate(a)
+        return self.predict_encoded(self.space.encode_many(archs))
+
+    # --- OFA's checkpoint -----------------------------------------------------------------------
+    @classmethod
+    def from_ofa_checkpoint(cls, path: str | Path, space: SearchSpace) -> "AccuracyPredictor":
+        """OFA's `acc_predictor.pth` (a state dict 0.weight ... 6.bias), read with weights_only=True."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"accuracy predictor checkpoint '{path}' does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise UserError(f"{path}: not a readable torch state dict ({exc.__class__.__name__})") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        return cls._from_state(state, space, str(path), {"source": str(path), "origin": "ofa"})
+
+    @classmethod
+    def _from_state(cls, state: Any, space: SearchSpace, source: str, meta: dict[str, Any]) -> "AccuracyPredictor":
+        if not isinstance(state, dict) or "0.weight" not in state:
+            raise UserError(f"{source}: expected an MLP state dict with keys 0.weight, 0.bias, 2.weight, ...")
+        n_linear = len([k for k in state if k.endswith(".weight")])
+        hidden = [int(state[f"{2 * i}.weight"].shape[0]) for i in range(n_linear - 1) if f"{2 * i}.weight" in state]
+        model = build_mlp(space.encoding_size, hidden)
+        expected = model.state_dict()
+        for key, value in expected.items():
+            got = state.get(key)
+            if got is None:
+                raise UserError(f"{source}: missing tensor '{key}' (expected an MLP with {len(hidden)} hidden layers)")
+            if tuple(got.shape) != tuple(value.shape):
+                raise UserError(f"{source}: tensor '{key}' has shape {tuple(got.shape)}, expected {tuple(value.shape)} "
+                                f"for preset '{space.name}' (encoding size {space.encoding_size})")
+        extra = sorted(set(state) - set(expected))
+        if extra:
+            raise UserError(f"{source}: unexpected tensor '{extra[0]}' (expected an MLP with {len(hidden)} hidden layers)")
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        return cls(space, hidden, model, meta)
+
+    # --- our own files --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from ..supernet.checkpoint import atomic_write
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write(directory / "predictor.safetensors", lambda p: save_file(tensors, str(p)))
+        info = {"format": PREDICTOR_FORMAT, "preset": self.space.name, "encoding_size": self.space.encoding_size,
+                "hidden": list(self.hidden), "output": "top-1 fraction (x100 = percent)", **self.meta}
+        text = json.dumps(info, indent=1)
+        atomic_write(directory / "predictor.json", lambda p: Path(p).write_text(text))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, space: SearchSpace) -> "AccuracyPredictor":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path, weights = directory / "predictor.json", directory / "predictor.safetensors"
+        if not meta_path.is_file() or not weights.is_file():
+            raise UserError(f"'{directory}' is not an accuracy predictor (expected predictor.json and predictor.safetensors)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{meta_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(meta, dict) or meta.get("format") != PREDICTOR_FORMAT:
+            raise UserError(f"{meta_path}: field 'format' is {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                            f"expected '{PREDICTOR_FORMAT}'")
+        if meta.get("preset") != space.name:
+            raise UserError(f"{meta_path}: predictor is for preset '{meta.get('preset')}', not '{space.name}'")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{weights}: not a readable safetensors file ({exc})") from None
+        keep = {k: v for k, v in meta.items() if k not in ("format", "preset", "encoding_size", "hidden", "output")}
+        return cls._from_state(state, space, str(weights), keep)
+
+    # --- training -------------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, space: SearchSpace, archs: Sequence[Arch], top1: Sequence[float], *, hidden: Sequence[int] = OFA_HIDDEN,
+            test_fraction: float = 0.2, epochs: int = 400, lr: float = 1e-3, weight_decay: float = 1e-4,
+            seed: int = 0) -> tuple["AccuracyPredictor", FitReport]:
+        """Train on (architecture, measured top-1 in percent) pairs; the report is on a held-out split,
+        and the returned predictor is then refitted on all pairs."""
+        if len(archs) != len(top1) or len(archs) < 10:
+            raise UserError(f"accuracy predictor: need at least 10 (arch, top-1) pairs, got {len(archs)} archs "
+                            f"and {len(top1)} values")
+        x = space.encode_many(list(archs))
+        y = np.asarray(top1, dtype=np.float64) / 100.0
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(x))
+        n_test = max(2, int(round(test_fraction * len(x))))
+        test, train = order[:n_test], order[n_test:]
+        model = _train_mlp(x[train], y[train], hidden, epochs, lr, weight_decay, seed)
+        held = cls(space, hidden, model)
+        pred = held.predict_encoded(x[test])
+        rmse = float(math.sqrt(np.mean((pred - y[test] * 100.0) ** 2)))
+        report = FitReport(len(train), len(test), rmse, kendall_tau(pred, y[test]), epochs)
+        final = _train_mlp(x, y, hidden, epochs, lr, weight_decay, seed)
+        return cls(space, hidden, final, {"origin": "dynadnn", "fit": report.to_dict()}), report
+
+
+def _train_mlp(x: np.ndarray, y: np.ndarray, hidden: Sequence[int], epochs: int, lr: float, weight_decay: float,
+               seed: int) -> nn.Sequential:
+    """Full-batch-ish Adam on MSE, with the output bias started at the mean target (as OFA does)."""
+    torch.manual_seed(seed)
+    model = build_mlp(x.shape[1], hidden)
+    with torch.no_grad():
+        model[-1].bias.fill_(float(y.mean()))
+    xt = torch.from_numpy(x.astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.float32))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    batch = min(256, len(x))
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for i in range(0, len(xt), batch):
+            idx = perm[i:i + batch]
+            loss = nn.functional.mse_loss(model(xt[idx])[:, 0], yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    return model.eval()
+
+
+def reference_predictor(reference: str | Path, space: SearchSpace) -> AccuracyPredictor:
+    """OFA's published predictor from the shared reference directory (or `dynamic-ofa/` itself)."""
+    root = Path(reference)
+    for cand in (root / "dynamic-ofa" / "ofa_mbv3_acc_predictor.pth", root / "ofa_mbv3_acc_predictor.pth"):
+        if cand.is_file():
+            return AccuracyPredictor.from_ofa_checkpoint(cand, space)
+    raise UserError(f"OFA accuracy predictor not found under '{reference}' "
+                    f"(expected dynamic-ofa/ofa_mbv3_acc_predictor.pth; set DYNADNN_REFERENCE)")

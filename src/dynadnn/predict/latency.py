@@ -1,0 +1,408 @@
+"""Latency look-up tables: a member's latency as the sum of its layers' measured latencies.
+
+Layers are keyed exactly as Once-for-All and Dynamic-OFA key them, so their published tables load
+unchanged and ours can be read by their code:
+
+    Conv-input:224x224x3-output:112x112x24
+    expanded_conv-input:112x112x24-output:56x56x32-expand:144-kernel:3-stride:2-idskip:0-se:0-hs:0
+    Conv_1-input:7x7x192-output:7x7x1152      AvgPool2D-input:7x7x1152-output:1x1x1152
+    Conv_2-input:1x1x1152-output:1x1x1536     Logits-input:1x1x1536-output:1000
+
+with feature sizes `int((f - 1) / stride + 1)`. A table holds one `{key: {"count", "mean", "std"}}` dict per
+input resolution (mean in milliseconds). On load every key the space needs is looked up once and laid out
+as a cost array `[resolution, block slot, kernel, expand]`; predicting any number of architectures is then
+one gather and one masked sum in numpy (10^4 architectures in about a millisecond).
+
+A LUT sum misses what happens between layers (framework dispatch, memory traffic between ops), which
+dominates small networks on a CPU; a per-context `Correction` (linear in the LUT sum and the number of
+blocks, fitted on whole members measured on the device) absorbs it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from ..space import Arch, SearchSpace
+from .genes import GeneCoding
+
+TABLE_FORMAT = "dynadnn.latency_table/1"
+TABLE_META = "table.json"
+FIXED_KINDS = ("Conv", "Conv_1", "AvgPool2D", "Conv_2", "Logits")
+
+# Reference tables shipped with Dynamic-OFA, by the context names used throughout dynadnn.
+REFERENCE_CONTEXTS = {"jetson_cpu": "jetson_xavier_nx_cpu", "jetson_gpu": "jetson_xavier_nx_gpu"}
+
+
+def out_size(f: int, stride: int) -> int:
+    """OFA's output feature size: `int((f - 1) / stride + 1)` (same-padding convolution)."""
+    return int((f - 1) / stride + 1)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One distinct layer of a search space at one resolution: everything its latency depends on."""
+
+    kind: str
+    fin: int
+    cin: int
+    fout: int
+    cout: int
+    mid: int = 0
+    kernel: int = 0
+    stride: int = 1
+    idskip: int = 0
+    se: int = 0
+    hs: int = 0
+
+    @property
+    def key(self) -> str:
+        if self.kind == "Logits":
+            return f"Logits-input:1x1x{self.cin}-output:{self.cout}"
+        base = f"{self.kind}-input:{self.fin}x{self.fin}x{self.cin}-output:{self.fout}x{self.fout}x{self.cout}"
+        if self.kind != "expanded_conv":
+            return base
+        return (f"{base}-expand:{self.mid}-kernel:{self.kernel}-stride:{self.stride}-idskip:{self.idskip}"
+                f"-se:{self.se}-hs:{self.hs}")
+
+
+@dataclass(frozen=True)
+class SpaceLayers:
+    """The layers of every member of a space at one resolution: fixed ones plus, per block slot, one layer
+    per (kernel, expand) choice."""
+
+    r: int
+    fixed: tuple[Layer, ...]  # Conv, first block, Conv_1, AvgPool2D, Conv_2, Logits
+    blocks: tuple[tuple[tuple[Layer, ...], ...], ...]  # [slot][kernel idx][expand idx]
+
+
+def space_layers(space: SearchSpace, r: int) -> SpaceLayers:
+    fc, fb = space.first_conv, space.first_block
+    f = out_size(r, fc.stride)
+    stem = Layer("Conv", r, space.in_channels, f, fc.width)
+    f1 = out_size(f, fb.stride)
+    first = Layer("expanded_conv", f, fc.width, f1, fb.width, mid=fc.width, kernel=3, stride=fb.stride,
+                  idskip=int(fb.stride == 1 and fc.width == fb.width), se=int(fb.se), hs=int(fb.act == "h_swish"))
+    f, cin = f1, fb.width
+    blocks = []
+    for st in space.stages:
+        for i in range(space.max_depth):
+            stride = st.stride if i == 0 else 1
+            fo = out_size(f, stride)
+            idskip = int(stride == 1 and cin == st.width)
+            blocks.append(tuple(tuple(
+                Layer("expanded_conv", f, cin, fo, st.width, mid=space.middle_width(cin, e), kernel=k, stride=stride,
+                      idskip=idskip, se=int(st.se), hs=int(st.act == "h_swish"))
+                for e in space.e_choices) for k in space.ks_choices))
+            f, cin = fo, st.width
+    # Blocks after the first of a stage see the stage's output size whatever the depth, so `f` is final.
+    tail = (Layer("Conv_1", f, cin, f, space.final_expand), Layer("AvgPool2D", f, space.final_expand, 1, space.final_expand),
+            Layer("Conv_2", 1, space.final_expand, 1, space.feature_mix),
+            Layer("Logits", 1, space.feature_mix, 1, space.n_classes))
+    return SpaceLayers(r, (stem, first) + tail, tuple(blocks))
+
+
+def arch_layers(space: SearchSpace, arch: Arch) -> list[Layer]:
+    """The layers one architecture runs, in order (what OFA's `predict_network_latency_given_spec` walks)."""
+    space.validate(arch)
+    sl = space_layers(space, arch.r)
+    ki = {k: i for i, k in enumerate(space.ks_choices)}
+    ei = {e: i for i, e in enumerate(space.e_choices)}
+    blocks = [sl.blocks[b][ki[arch.ks[b]]][ei[arch.e[b]]] for b in space.active_blocks(arch)]
+    return list(sl.fixed[:2]) + blocks + list(sl.fixed[2:])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Correction for what a LUT sum misses
+# ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Correction:
+    """measured ~= a * lut_sum + b * n_blocks + c, fitted by least squares on measured whole members."""
+
+    a: float = 1.0
+    b: float = 0.0
+    c: float = 0.0
+
+    def apply(self, lut_sum: np.ndarray, n_blocks: np.ndarray) -> np.ndarray:
+        return self.a * lut_sum + self.b * n_blocks + self.c
+
+    @classmethod
+    def fit(cls, lut_sum: Sequence[float], n_blocks: Sequence[float], measured: Sequence[float]) -> "Correction":
+        x = np.column_stack([np.asarray(lut_sum, float), np.asarray(n_blocks, float), np.ones(len(lut_sum))])
+        coef, *_ = np.linalg.lstsq(x, np.asarray(measured, float), rcond=None)
+        return cls(*map(float, coef))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"a": self.a, "b": self.b, "c": self.c}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "correction") -> "Correction":
+        try:
+            return cls(float(d["a"]), float(d["b"]), float(d["c"]))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{source}: expected an object with numbers a, b, c") from None
+
+
+# ------------------------------------------------------------------------------------------------------
+# The table
+# ------------------------------------------------------------------------------------------------------
+Entries = Mapping[int, Mapping[str, Mapping[str, float]]]
+
+
+@dataclass
+class LatencyTable:
+    """Per-layer latencies (ms) for one hardware context, laid out for vectorised prediction."""
+
+    space: SearchSpace
+    context: str
+    entries: Entries
+    source: str = "table"
+    correction: Correction | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.resolutions: tuple[int, ...] = tuple(sorted(int(r) for r in self.entries if int(r) in self.space.resolutions))
+        if not self.resolutions:
+            have = sorted(int(r) for r in self.entries)
+            raise UserError(f"{self.source}: latency table '{self.context}' has no resolution of preset "
+                            f"'{self.space.name}' (table has {have or 'none'}, preset allows "
+                            f"{self.space.resolutions[0]}..{self.space.resolutions[-1]})")
+        s = self.space
+        nr, nb, nk, ne = len(self.resolutions), s.n_blocks, len(s.ks_choices), len(s.e_choices)
+        self.fixed_ms = np.zeros(nr)
+        self.block_ms = np.zeros((nr, nb, nk, ne))
+        for ri, r in enumerate(self.resolutions):
+            table = self.entries[r]
+            sl = space_layers(s, r)
+            self.fixed_ms[ri] = sum(self._mean(table, layer, r) for layer in sl.fixed)
+            for b, per_k in enumerate(sl.blocks):
+                for ki, per_e in enumerate(per_k):
+                    for ei, layer in enumerate(per_e):
+                        self.block_ms[ri, b, ki, ei] = self._mean(table, layer, r)
+        self._r_pos = {r: i for i, r in enumerate(self.resolutions)}
+
+    def _mean(self, table: Mapping[str, Mapping[str, float]], layer: Layer, r: int) -> float:
+        entry = table.get(layer.key)
+        if entry is None:
+            raise UserError(f"{self.source}: latency table '{self.context}' at resolution {r} has no entry for "
+                            f"layer '{layer.key}' (preset '{self.space.name}' needs it)")
+        try:
+            return float(entry["mean"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{self.source}: entry '{layer.key}' at resolution {r}: expected an object with a "
+                            f"numeric 'mean'") from None
+
+    # --- prediction -----------------------------------------------------------------------------
+    def coding(self) -> GeneCoding:
+        """Gene coding over the resolutions this table covers (what a search over it should use)."""
+        return GeneCoding(self.space, self.resolutions)
+
+    def _r_map(self, coding: GeneCoding) -> np.ndarray:
+        missing = [r for r in coding.resolutions if r not in self._r_pos]
+        if missing:
+            raise UserError(f"{self.source}: latency table '{self.context}' has no entries for resolution "
+                            f"{missing[0]} (file {missing[0]}_lookup_table.json); it covers "
+                            f"{self.resolutions[0]}..{self.resolutions[-1]}")
+        return np.array([self._r_pos[r] for r in coding.resolutions])
+
+    def lut_sum_genes(self, genes: np.ndarray, coding: GeneCoding | None = None) -> np.ndarray:
+        """Raw sum of layer means (ms) for each gene row."""
+        coding = coding or self.coding()
+        k, e, _, r = coding.split(genes)
+        ri = self._r_map(coding)[r]
+        per_block = self.block_ms[ri[:, None], np.arange(coding.nb)[None, :], k, e]
+        return self.fixed_ms[ri] + (per_block * coding.block_mask(genes)).sum(1)
+
+    def predict_genes(self, genes: np.ndarray, coding: GeneCoding | None = None, corrected: bool = True) -> np.ndarray:
+        """Predicted latency (ms) per gene row; with the context's correction when it has one."""
+        coding = coding or self.coding()
+        raw = self.lut_sum_genes(genes, coding)
+        if corrected and self.correction is not None:
+            return self.correction.apply(raw, coding.block_mask(genes).sum(1))
+        return raw
+
+    def predict(self, archs: Sequence[Arch] | Arch, corrected: bool = True) -> np.ndarray:
+        archs = [archs] if isinstance(archs, Arch) else list(archs)
+        coding = GeneCoding(self.space, tuple(sorted({a.r for a in archs})))
+        return self.predict_genes(coding.encode(archs), coding, corrected)
+
+    def layer_sum(self, arch: Arch) -> float:
+        """Slow reference path: look every layer up by key and add (what OFA's estimator does)."""
+        if arch.r not in self._r_pos:
+            self._r_map(GeneCoding(self.space, (arch.r,)))
+        return float(sum(self._mean(self.entries[arch.r], layer, arch.r) for layer in arch_layers(self.space, arch)))
+
+    def fastest(self, coding: GeneCoding | None = None) -> tuple[Arch, float]:
+        """The architecture with the lowest predicted latency: per resolution, the cheapest (kernel, expand) of
+        every slot at the shallowest depth (exact while layer costs are non-negative), then the best resolution."""
+        coding = coding or self.coding()
+        s = self.space
+        ri = self._r_map(coding)
+        best = None
+        for pos, r in enumerate(coding.resolutions):
+            # Per slot the cheapest (kernel, expand); depth: the cheapest prefix length per stage.
+            cost = self.block_ms[ri[pos]].reshape(coding.nb, -1)
+            kmin = cost.argmin(1)
+            g = np.zeros(coding.n_genes, dtype=np.int64)
+            g[:coding.nb] = kmin // len(s.e_choices)
+            g[coding.nb:2 * coding.nb] = kmin % len(s.e_choices)
+            g[2 * coding.nb:2 * coding.nb + coding.ns] = 0  # d_choices sorted: index 0 is the shallowest
+            g[-1] = pos
+            lat = float(self.predict_genes(g[None], coding)[0])
+            if best is None or lat < best[1]:
+                best = (coding.decode(g[None])[0], lat)
+        return best  # type: ignore[return-value]
+
+    # --- files ----------------------------------------------------------------------------------
+    @classmethod
+    def from_dynamic_ofa(cls, directory: str | Path, space: SearchSpace, context: str) -> "LatencyTable":
+        """Dynamic-OFA's layout: one `{r}_lookup_table.json` per resolution (ours adds `table.json`)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UserError(f"latency table directory '{directory}' does not exist")
+        entries: dict[int, dict] = {}
+        for path in sorted(directory.glob("*_lookup_table.json")):
+            m = re.fullmatch(r"(\d+)_lookup_table\.json", path.name)
+            if not m:
+                continue
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            if not isinstance(data, dict):
+                raise UserError(f"{path}: expected a JSON object of layer keys")
+            entries[int(m.group(1))] = data
+        if not entries:
+            raise UserError(f"{directory}: no '<resolution>_lookup_table.json' files (expected Dynamic-OFA's layout)")
+        correction, meta = None, {}
+        meta_path = directory / TABLE_META
+        if meta_path.is_file():
+            meta = _read_meta(meta_path)
+            if meta.get("correction"):
+                correction = Correction.from_dict(meta["correction"], f"{meta_path}: field 'correction'")
+            context = meta.get("context", context)
+        return cls(space, context, entries, str(directory), correction, meta)
+
+    @classmethod
+    def from_ofa_yaml(cls, paths: Mapping[int, str | Path] | str | Path, space: SearchSpace,
+                      context: str) -> "LatencyTable":
+        """OFA's layout: `{r}_lookup_table.yaml` per resolution (a directory, or {r: path})."""
+        if not isinstance(paths, Mapping):
+            directory = Path(paths)
+            found = {int(m.group(1)): p for p in sorted(directory.glob("*_lookup_table.yaml"))
+                     if (m := re.fullmatch(r"(\d+)_lookup_table\.yaml", p.name))}
+            if not found:
+                raise UserError(f"{directory}: no '<resolution>_lookup_table.yaml' files (expected OFA's layout)")
+            paths = found
+        entries = {int(r): read_yaml_table(Path(p)) for r, p in paths.items()}
+        return cls(space, context, entries, str(next(iter(paths.values()))), None, {})
+
+    def save(self, directory: str | Path, meta: Mapping[str, Any] | None = None, yaml_too: bool = False) -> Path:
+        """Write Dynamic-OFA's layout (one JSON per resolution) plus `table.json` (context, preset,
+        correction, provenance); each file atomically."""
+        from ..supernet.checkpoint import atomic_write
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for r in self.resolutions:
+            text = json.dumps(self.entries[r], indent=1, sort_keys=True)
+            atomic_write(directory / f"{r}_lookup_table.json", lambda p, t=text: Path(p).write_text(t))
+            if yaml_too:
+                ytext = yaml_table_text(self.entries[r])
+                atomic_write(directory / f"{r}_lookup_table.yaml", lambda p, t=ytext: Path(p).write_text(t))
+        info = {"format": TABLE_FORMAT, "context": self.context, "preset": self.space.name,
+                "resolutions": list(self.resolutions), "unit": "ms",
+                "correction": self.correction.to_dict() if self.correction else None, **dict(self.meta), **dict(meta or {})}
+        text = json.dumps(info, indent=1)
+        atomic_write(directory / TABLE_META, lambda p: Path(p).write_text(text))
+        return directory
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(meta, dict) or meta.get("format") != TABLE_FORMAT:
+        raise UserError(f"{path}: field 'format' is {meta.get('format') if isinstance(meta, dict) else None!r}; "
+                        f"expected '{TABLE_FORMAT}'")
+    return meta
+
+
+def yaml_table_text(entries: Mapping[str, Mapping[str, float]]) -> str:
+    """OFA's YAML layout (`key:\\n  count: N\\n  mean: X\\n  std: Y`), written without a YAML library."""
+    lines = []
+    for key in sorted(entries):
+        e = entries[key]
+        lines.append(f"{key}:")
+        for field_ in ("count", "mean", "std"):
+            if field_ in e:
+                lines.append(f"  {field_}: {e[field_]!r}")
+    return "\n".join(lines) + "\n"
+
+
+def read_yaml_table(path: Path) -> dict[str, dict[str, float]]:
+    """Read OFA's YAML table with PyYAML's safe loader when installed, else a parser for that flat layout."""
+    if not path.is_file():
+        raise UserError(f"latency table '{path}' does not exist")
+    text = path.read_text()
+    try:
+        import yaml  # type: ignore
+
+        data = yaml.safe_load(text)
+    except ImportError:
+        data, current = {}, None
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if not line.startswith(" "):
+                current = line.rstrip().rstrip(":")
+                data[current] = {}
+            elif current is not None and ":" in line:
+                name, value = line.strip().split(":", 1)
+                data[current][name.strip()] = float(value)
+            else:
+                raise UserError(f"{path}: line {n}: expected 'key:' or '  mean: value'")
+    except Exception as exc:  # yaml.YAMLError
+        raise UserError(f"{path}: not a valid YAML latency table ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of layer keys to {{count, mean, std}}")
+    return data
+
+
+def reference_table(reference: str | Path, context: str, space: SearchSpace) -> LatencyTable:
+    """Dynamic-OFA's Jetson Xavier NX tables by context name (`jetson_cpu`, `jetson_gpu`). `reference` is the
+    shared reference directory (holding `dynamic-ofa/`) or `dynamic-ofa/` itself."""
+    if context not in REFERENCE_CONTEXTS:
+        raise UserError(f"unknown reference context '{context}': expected one of {', '.join(REFERENCE_CONTEXTS)}")
+    root = Path(reference)
+    for cand in (root / "dynamic-ofa" / "latency_lut", root / "latency_lut", root):
+        path = cand / REFERENCE_CONTEXTS[context]
+        if path.is_dir():
+            return LatencyTable.from_dynamic_ofa(path, space, context)
+    raise UserError(f"reference latency table for '{context}' not found under '{reference}' "
+                    f"(expected dynamic-ofa/latency_lut/{REFERENCE_CONTEXTS[context]}; set DYNADNN_REFERENCE)")
+
+
+def context_dirname(context: str) -> str:
+    """File-system name of a context (`cpu:1t` -> `cpu_1t`)."""
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", context)
+
+
+def load_tables(directory: str | Path, space: SearchSpace, contexts: Sequence[str]) -> dict[str, LatencyTable]:
+    """Tables from a profile directory (`DIR/<context>/...`), one per context."""
+    directory = Path(directory)
+    out = {}
+    for ctx in contexts:
+        path = directory / context_dirname(ctx)
+        if not path.is_dir():
+            raise UserError(f"profile '{directory}' has no table for context '{ctx}' (expected {path}/); "
+                            f"run `dynadnn profile` with that context")
+        out[ctx] = LatencyTable.from_dynamic_ofa(path, space, ctx)
+    return out

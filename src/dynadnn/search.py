@@ -1,0 +1,596 @@
+"""Multi-objective architecture search over a space's gene coding.
+
+One `SearchProblem` = predicted accuracy (maximise) and predicted latency in one or more hardware
+contexts (minimise), all vectorised over integer gene arrays (see `predict.genes`). Every in-range gene
+row is a valid architecture, so both searchers build only feasible candidates and never repair.
+
+* `NSGA2Search`: one NSGA-II run (pymoo) over all objectives at once; every evaluated architecture goes
+  into an archive whose non-dominated set is the result. Optionally the best archive member under each
+  given latency budget is then polished by a batched local search (all single-gene moves, then pairs
+  of one accuracy-gaining and one latency-saving move), which is what makes one run as good as a
+  dedicated search per budget.
+* `EvolutionSweep`: Dynamic-OFA's procedure, kept faithful as the baseline: OFA's regularised evolution
+  (population 100, 500 generations, 25 % parents, half mutation half crossover, mutation probability 0.1),
+  one run per latency budget and context, feasibility by re-drawing infeasible children; with a retry cap
+  where OFA loops forever, and an up-front error when a budget is below the fastest member.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .predict.genes import GeneCoding
+from .space import Arch
+
+GeneFn = Callable[[np.ndarray], np.ndarray]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Problem and result
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class SearchProblem:
+    """What to optimise: `accuracy(genes)` in percent (higher is better) and `latency[ctx](genes)` in ms."""
+
+    coding: GeneCoding
+    accuracy: GeneFn
+    latency: Mapping[str, GeneFn]
+    fastest: Mapping[str, float] = field(default_factory=dict)  # lowest reachable latency per context
+    evaluations: int = 0
+
+    @property
+    def contexts(self) -> list[str]:
+        return list(self.latency)
+
+    def evaluate(self, genes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(accuracy [n], latency [n, contexts])."""
+        self.evaluations += len(genes)
+        acc = self.accuracy(genes)
+        lat = np.column_stack([fn(genes) for fn in self.latency.values()])
+        return acc, lat
+
+    @classmethod
+    def from_predictors(cls, accuracy_predictor, tables: Mapping[str, object],
+                        resolutions: Sequence[int] | None = None) -> "SearchProblem":
+        """From an `AccuracyPredictor` and `LatencyTable`s; the searched resolutions are those every table
+        covers (or `resolutions`, which they must cover)."""
+        if not tables:
+            raise UserError("search: at least one latency context is needed")
+        space = accuracy_predictor.space
+        common = set(space.resolutions)
+        for t in tables.values():
+            common &= set(t.resolutions)
+        res = tuple(sorted(resolutions)) if resolutions else tuple(sorted(common))
+        if not res:
+            raise UserError("search: the latency tables share no resolution of preset "
+                            f"'{space.name}'")
+        coding = GeneCoding(space, res)
+        latency = {ctx: (lambda g, t=t: t.predict_genes(g, coding)) for ctx, t in tables.items()}
+        fastest = {ctx: t.fastest(coding)[1] for ctx, t in tables.items()}
+        return cls(coding, lambda g: accuracy_predictor.predict_genes(g, coding), latency, fastest)
+
+
+def pareto_mask(acc: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Non-dominated rows for (max acc, min each latency column)."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    f = np.column_stack([-acc, lat])
+    mask = np.zeros(len(f), dtype=bool)
+    if len(f):
+        mask[NonDominatedSorting().do(f, only_non_dominated_front=True)] = True
+    return mask
+
+
+@dataclass
+class SearchResult:
+    """Architectures found (gene rows) with their predicted objectives; `archive` rows are non-dominated."""
+
+    coding: GeneCoding
+    contexts: list[str]
+    genes: np.ndarray
+    accuracy: np.ndarray
+    latency: np.ndarray  # [n, contexts]
+    evaluations: int
+    seconds: float
+    picks: dict[tuple[str, float], int] = field(default_factory=dict)  # (context, budget) -> row
+
+    def archs(self) -> list[Arch]:
+        return self.coding.decode(self.genes)
+
+    def best_within(self, context: str, budget: float) -> tuple[int, float] | None:
+        """(row, accuracy) of the most accurate architecture whose latency in `context` is within `budget`."""
+        col = self.latency[:, self.contexts.index(context)]
+        ok = np.flatnonzero(col <= budget)
+        if not len(ok):
+            return None
+        i = ok[np.argmax(self.accuracy[ok])]
+        return int(i), float(self.accuracy[i])
+
+    def front(self, context: str) -> np.ndarray:
+        """Rows on the 2-D (accuracy, latency in `context`) front, by increasing latency."""
+        col = self.latency[:, self.contexts.index(context)]
+        mask = pareto_mask(self.accuracy, col[:, None])
+        rows = np.flatnonzero(mask)
+        return rows[np.argsort(col[rows])]
+
+
+def hypervolume(acc: np.ndarray, lat: np.ndarray, ref_acc: float, ref_lat: Sequence[float]) -> float:
+    """Hypervolume (pymoo) of (-acc, latencies...) against the reference point (-ref_acc, ref_lat)."""
+    from pymoo.indicators.hv import HV
+
+    f = np.column_stack([-np.asarray(acc, float), np.asarray(lat, float)])
+    ref = np.array([-ref_acc, *ref_lat], dtype=float)
+    keep = np.all(f < ref, axis=1)
+    if not keep.any():
+        return 0.0
+    return float(HV(ref_point=ref)(f[keep]))
+
+
+class Searcher(Protocol):
+    """Anything that turns a `SearchProblem` into a `SearchResult`."""
+
+    name: str
+
+    def search(self, problem: SearchProblem) -> SearchResult: ...
+
+
+def _unique_rows(genes: np.ndarray, coding: GeneCoding) -> np.ndarray:
+    canon = coding.canonical(genes)
+    _, idx = np.unique(canon, axis=0, return_index=True)
+    return canon[np.sort(idx)]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Ours: NSGA-II (pymoo) + archive + per-budget polish
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class NSGA2Search:
+    """One NSGA-II run over accuracy and every context's latency."""
+
+    population: int = 100
+    generations: int = 60
+    mutate_prob: float = 0.1  # per gene
+    seed: int = 0
+    budgets: Mapping[str, Sequence[float]] = field(default_factory=dict)  # polish the pick under each
+    refine_generations: int = 60  # budget-niche evolution after the NSGA-II run (0: none)
+    refine_parents: int = 20
+    refine_children: int = 30  # per budget and generation
+    polish_rounds: int = 0  # local search rounds per budget at the end (0: none)
+    pair_candidates: int = 64
+    engine: str = "arrays"  # "arrays": NSGA-II on numpy arrays with pymoo's sorting; "pymoo": pymoo's NSGA2 class
+    name: str = "nsga2"
+
+    def _initial(self, problem: SearchProblem, rng: np.random.Generator) -> np.ndarray:
+        """Random rows, plus the fastest member of every context and the non-dominated 'uniform'
+        architectures, so the front spans the whole latency range from the first generation."""
+        coding = problem.coding
+        g = coding.random(rng, self.population)
+        seeds = [_fastest_genes(problem, ctx, rng) for ctx in problem.contexts]
+        uni = _uniform_seeds(coding)
+        acc, lat = problem.evaluate(uni)
+        front = uni[pareto_mask(acc, lat)]
+        seeds = np.concatenate([np.stack(seeds), front])[: self.population]
+        g[: len(seeds)] = seeds
+        return g
+
+    def search(self, problem: SearchProblem) -> SearchResult:
+        start = time.perf_counter()
+        rng = np.random.default_rng(self.seed)
+        init = self._initial(problem, rng)
+        run = _nsga2_pymoo if self.engine == "pymoo" else _nsga2_arrays
+        genes, acc, lat = run(problem, init, self, rng)
+        niches = [(problem.contexts.index(ctx), float(b)) for ctx, bs in self.budgets.items() for b in bs]
+        if niches and self.refine_generations:
+            genes, acc, lat = _niche_evolution(problem, genes, acc, lat, niches, self.refine_generations,
+                                               self.refine_parents, self.refine_children, self.mutate_prob,
+                                               np.random.default_rng(self.seed + 1))
+        if self.polish_rounds:
+            for c, budget in sorted(niches):
+                row = _best_row(acc, lat[:, c], budget)
+                if row is None:
+                    continue
+                g, a, l = _polish(problem, genes[row], acc[row], lat[row], c, budget, self.polish_rounds,
+                                  self.pair_candidates)
+                genes = np.concatenate([genes, g[None]])
+                acc = np.append(acc, a)
+                lat = np.concatenate([lat, l[None]])
+        result = _archive_result(problem, genes, acc, lat, time.perf_counter() - start)
+        for ctx, budgets in self.budgets.items():
+            for budget in budgets:
+                best = result.best_within(ctx, budget)
+                if best is not None:
+                    result.picks[(ctx, float(budget))] = best[0]
+        return result
+
+
+def _nsga2_arrays(problem: SearchProblem, init: np.ndarray, cfg: NSGA2Search,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NSGA-II (Deb et al. 2002) on plain arrays: binary tournaments on (rank, crowding), uniform crossover,
+    per-gene re-draw mutation, duplicate elimination, and (mu + lambda) survival by pymoo's non-dominated
+    sorting and crowding distance. pymoo's own NSGA2 class runs the same steps but spends ~30 ms per
+    generation on per-individual bookkeeping, ten times the cost of evaluating the generation here."""
+    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    coding, upper, n = problem.coding, problem.coding.upper, cfg.population
+    nds = NonDominatedSorting()
+    pop = _unique_rows(init, coding)
+    acc, lat = problem.evaluate(pop)
+    archive = [(pop, acc, lat)]
+    seen = {row.tobytes() for row in pop}
+
+    def rank_crowd(f: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+        fronts = nds.do(f)
+        rank = np.empty(len(f), dtype=np.int64)
+        crowd = np.empty(len(f))
+        for i, fr in enumerate(fronts):
+            rank[fr] = i
+            crowd[fr] = calc_crowding_distance(f[fr])
+        return rank, crowd, fronts
+
+    f = np.column_stack([-acc, lat])
+    rank, crowd, _ = rank_crowd(f)
+    for _ in range(cfg.generations - 1):
+        # binary tournaments: lower rank wins, then larger crowding distance
+        a, b = rng.integers(0, len(pop), size=(2, n))
+        a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] >= crowd[b]))
+        p1 = np.where(a_wins, a, b)
+        a, b = rng.integers(0, len(pop), size=(2, n))
+        p2 = np.where((rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] >= crowd[b])), a, b)
+        kids = np.where(rng.random((n, coding.n_genes)) < 0.5, pop[p1], pop[p2])
+        redraw = rng.random(kids.shape) < cfg.mutate_prob
+        kids = np.where(redraw, rng.integers(0, upper[None, :], size=kids.shape), kids)
+        kids = coding.canonical(kids)
+        fresh = [i for i, row in enumerate(kids) if (key := row.tobytes()) not in seen and not seen.add(key)]
+        if fresh:
+            kids = kids[fresh]
+            k_acc, k_lat = problem.evaluate(kids)
+            archive.append((kids, k_acc, k_lat))
+            pop = np.concatenate([pop, kids])
+            f = np.concatenate([f, np.column_stack([-k_acc, k_lat])])
+        # (mu + lambda) survival: whole fronts, the last one cut by crowding distance
+        rank, crowd, fronts = rank_crowd(f)
+        keep: list[int] = []
+        for fr in fronts:
+            if len(keep) + len(fr) <= n:
+                keep.extend(fr)
+            else:
+                keep.extend(fr[np.argsort(-crowd[fr], kind="stable")[: n - len(keep)]])
+                break
+        keep_idx = np.array(keep)
+        pop, f, rank, crowd = pop[keep_idx], f[keep_idx], rank[keep_idx], crowd[keep_idx]
+    return (np.concatenate([x[0] for x in archive]), np.concatenate([x[1] for x in archive]),
+            np.concatenate([x[2] for x in archive]))
+
+
+def _nsga2_pymoo(problem: SearchProblem, init: np.ndarray, cfg: NSGA2Search,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same search through pymoo's `NSGA2` class (slower; kept as the cross-check of `_nsga2_arrays`)."""
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.mutation import Mutation
+    from pymoo.core.problem import Problem
+    from pymoo.core.sampling import Sampling
+    from pymoo.operators.crossover.ux import UniformCrossover
+    from pymoo.optimize import minimize
+
+    coding, upper = problem.coding, problem.coding.upper
+    archive: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    class _Problem(Problem):
+        def __init__(self):
+            super().__init__(n_var=coding.n_genes, n_obj=1 + len(problem.contexts), xl=0, xu=upper - 1, vtype=int)
+
+        def _evaluate(self, x, out, *args, **kwargs):
+            g = coding.canonical(np.asarray(x, dtype=np.int64))
+            acc, lat = problem.evaluate(g)
+            archive.append((g, acc, lat))
+            out["F"] = np.column_stack([-acc, lat])
+
+    class _Sampling(Sampling):
+        def _do(self, prob, n_samples, random_state=None, **kwargs):
+            return init[:n_samples]
+
+    class _Mutation(Mutation):
+        def _do(self, prob, x, random_state=None, **kwargs):
+            r = random_state or rng
+            redraw = r.random(x.shape) < cfg.mutate_prob
+            return np.where(redraw, r.integers(0, upper[None, :], size=x.shape), x).astype(np.int64)
+
+    algorithm = NSGA2(pop_size=cfg.population, sampling=_Sampling(), crossover=UniformCrossover(),
+                      mutation=_Mutation(), eliminate_duplicates=True)
+    minimize(_Problem(), algorithm, ("n_gen", cfg.generations), seed=cfg.seed, verbose=False)
+    return (np.concatenate([x[0] for x in archive]), np.concatenate([x[1] for x in archive]),
+            np.concatenate([x[2] for x in archive]))
+
+
+def _best_row(acc: np.ndarray, lat_col: np.ndarray, budget: float) -> int | None:
+    ok = np.flatnonzero(lat_col <= budget)
+    return None if not len(ok) else int(ok[np.argmax(acc[ok])])
+
+
+def _uniform_seeds(coding: GeneCoding) -> np.ndarray:
+    """Every 'uniform' architecture: one kernel, one expand ratio and one depth for all stages, at every
+    resolution (a few hundred rows that already trace the whole accuracy/latency range)."""
+    nb, ns = coding.nb, coding.ns
+    nk, ne, nd, nr = coding.upper[0], coding.upper[nb], coding.upper[2 * nb], coding.upper[-1]
+    grid = np.stack(np.meshgrid(np.arange(nk), np.arange(ne), np.arange(nd), np.arange(nr), indexing="ij"), -1)
+    grid = grid.reshape(-1, 4)
+    out = np.empty((len(grid), coding.n_genes), dtype=np.int64)
+    out[:, :nb] = grid[:, :1]
+    out[:, nb:2 * nb] = grid[:, 1:2]
+    out[:, 2 * nb:2 * nb + ns] = grid[:, 2:3]
+    out[:, -1] = grid[:, 3]
+    return out
+
+
+def _fastest_genes(problem: SearchProblem, context: str, rng: np.random.Generator) -> np.ndarray:
+    """The fastest architecture of a context, found from the gene coding: cheapest choice per slot by
+    evaluating each single-slot choice, shallowest depths, every resolution."""
+    coding = problem.coding
+    best, best_lat = None, np.inf
+    fn = problem.latency[context]
+    nb, ns = coding.nb, coding.ns
+    nk, ne = coding.upper[0], coding.upper[nb]
+    for r in range(coding.upper[-1]):
+        base = np.zeros(coding.n_genes, dtype=np.int64)
+        base[-1] = r
+        # try every (k, e) of every slot at full depth, holding others at 0: costs are additive per slot
+        cand = np.repeat(base[None], nb * nk * ne, axis=0)
+        cand[:, 2 * nb:2 * nb + ns] = coding.upper[2 * nb] - 1
+        idx = np.arange(nb * nk * ne)
+        slot, ke = idx // (nk * ne), idx % (nk * ne)
+        cand[idx, slot] = ke // ne
+        cand[idx, nb + slot] = ke % ne
+        cost = fn(cand).reshape(nb, nk * ne)
+        choice = cost.argmin(1)
+        g = base.copy()
+        g[:nb], g[nb:2 * nb] = choice // ne, choice % ne
+        lat = float(fn(g[None])[0])
+        if lat < best_lat:
+            best, best_lat = g, lat
+    return best
+
+
+def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray, lat: np.ndarray,
+                     niches: Sequence[tuple[int, float]], generations: int, n_parents: int, n_children: int,
+                     mutate_prob: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refine the archive for given budgets in one shared evolution: each generation, every (context,
+    budget) niche breeds children (half mutation, half uniform crossover) from its most accurate members
+    within budget; all children are evaluated in one batch and join the pool, where each counts for every
+    budget it meets. Nothing is ever rejected or re-drawn: an over-budget child simply is not a parent."""
+    coding = problem.coding
+    upper = coding.upper
+    nb, ns = coding.nb, coding.ns
+    seen = {row.tobytes() for row in coding.canonical(genes)}
+    n_mut = n_children // 2
+    for _ in range(generations):
+        parents = []
+        for c, budget in niches:
+            score = np.where(lat[:, c] <= budget, acc, -np.inf)
+            k = min(n_parents, len(score))
+            top = np.argpartition(-score, k - 1)[:k]
+            top = top[np.isfinite(score[top])]
+            if len(top):
+                parents.append(genes[top[rng.integers(0, len(top), size=(3, n_children))]])
+        if not parents:
+            break
+        par = np.concatenate(parents, axis=1)  # [3, niches * children, genes]: mutation, crossover a, b
+        m = par[0].copy()
+        m_b = rng.random((len(m), nb)) < mutate_prob
+        m[:, :nb] = np.where(m_b, rng.integers(0, upper[0], size=(len(m), nb)), m[:, :nb])
+        m[:, nb:2 * nb] = np.where(m_b, rng.integers(0, upper[nb], size=(len(m), nb)), m[:, nb:2 * nb])
+        m_o = rng.random((len(m), ns + 1)) < mutate_prob
+        m[:, 2 * nb:] = np.where(m_o, rng.integers(0, upper[2 * nb:][None, :], size=(len(m), ns + 1)), m[:, 2 * nb:])
+        x = np.where(rng.random(par[1].shape) < 0.5, par[1], par[2])
+        is_mut = (np.arange(len(m)) % n_children) < n_mut
+        kids = [np.where(is_mut[:, None], m, x)]
+        kids = coding.canonical(np.concatenate(kids))
+        fresh = []
+        for i, row in enumerate(kids):
+            key = row.tobytes()
+            if key not in seen:
+                seen.add(key)
+                fresh.append(i)
+        if not fresh:
+            continue
+        kids = kids[fresh]
+        k_acc, k_lat = problem.evaluate(kids)
+        genes, acc, lat = np.concatenate([genes, kids]), np.concatenate([acc, k_acc]), np.concatenate([lat, k_lat])
+    return genes, acc, lat
+
+
+def _moves(coding: GeneCoding, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every one-step neighbour of `g` (a slot's kernel and/or expand, a stage's depth, the resolution) and
+    the group each move belongs to (slot index, then one group per stage depth, then one for resolution)."""
+    nb, ns = coding.nb, coding.ns
+    upper = coding.upper
+    nk, ne = upper[0], upper[nb]
+    slot = np.repeat(np.arange(nb), nk * ne)
+    ke = np.tile(np.arange(nk * ne), nb)
+    joint = np.repeat(g[None], len(slot), axis=0)
+    joint[np.arange(len(slot)), slot] = ke // ne
+    joint[np.arange(len(slot)), nb + slot] = ke % ne
+    gi = np.concatenate([np.full(upper[i], i) for i in range(2 * nb, coding.n_genes)])
+    vi = np.concatenate([np.arange(upper[i]) for i in range(2 * nb, coding.n_genes)])
+    other = np.repeat(g[None], len(gi), axis=0)
+    other[np.arange(len(gi)), gi] = vi
+    group = np.concatenate([slot, gi - nb])  # depth of stage s -> nb + s, resolution -> nb + ns
+    cand = np.concatenate([joint, other])
+    keep = ~np.all(cand == g[None], axis=1)
+    return cand[keep], group[keep]
+
+
+def _polish(problem: SearchProblem, g0: np.ndarray, a0: float, l0: np.ndarray, c: int, budget: float,
+            rounds: int, pair_candidates: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """Batched local search for the most accurate architecture with latency[c] <= budget, from a feasible
+    start. Each round evaluates every one-step move; then, for each move that gains accuracy but breaks the
+    budget, the latency-saving moves of other groups that cost least accuracy per ms saved are added until
+    the budget holds again (a compound move); the best feasible improvement is taken."""
+    coding = problem.coding
+    g, a, l = g0.copy(), float(a0), np.asarray(l0, float).copy()
+    for _ in range(rounds):
+        cand, group = _moves(coding, g)
+        ca, cl = problem.evaluate(cand)
+        gain, dlat = ca - a, cl[:, c] - l[c]
+        feasible = cl[:, c] <= budget
+        options = [(cand[i], float(ca[i]), cl[i]) for i in np.flatnonzero(feasible & (gain > 1e-9))]
+        down = np.flatnonzero(dlat < 0)
+        down = down[np.argsort(np.maximum(-gain[down], 0.0) / -dlat[down], kind="stable")]
+        up = np.flatnonzero((gain > 1e-9) & ~feasible)
+        up = up[np.argsort(-gain[up])][:pair_candidates]
+        compound = []
+        for u in up:
+            excess, used, row = l[c] + dlat[u] - budget, {group[u]}, cand[u].copy()
+            for d in down:
+                if excess <= 0:
+                    break
+                if group[d] in used:
+                    continue
+                changed = cand[d] != g
+                row[changed] = cand[d][changed]
+                used.add(group[d])
+                excess += dlat[d]
+            if excess <= 0:
+                compound.append(row)
+        if compound:
+            rows = np.stack(compound)
+            pa, pl = problem.evaluate(rows)
+            for i in np.flatnonzero((pl[:, c] <= budget) & (pa > a + 1e-9)):
+                options.append((rows[i], float(pa[i]), pl[i]))
+        if not options:
+            break
+        g, a, l = max(options, key=lambda o: o[1])
+        g, l = g.copy(), np.asarray(l, float)
+    return g, a, l
+
+
+def _archive_result(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray, lat: np.ndarray,
+                    seconds: float) -> SearchResult:
+    mask = pareto_mask(acc, lat)
+    canon, acc, lat = problem.coding.canonical(genes[mask]), acc[mask], lat[mask]
+    _, idx = np.unique(canon, axis=0, return_index=True)
+    idx = np.sort(idx)
+    return SearchResult(problem.coding, problem.contexts, canon[idx], acc[idx], lat[idx], problem.evaluations,
+                        seconds)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Baseline: Dynamic-OFA's sweep of OFA's evolution, one constrained run per budget
+# ------------------------------------------------------------------------------------------------------
+class BudgetError(UserError):
+    """A latency budget that no architecture of the space can meet."""
+
+
+@dataclass
+class EvolutionSweep:
+    """OFA's `EvolutionFinder.run_evolution_search`, once per (context, budget)."""
+
+    budgets: Mapping[str, Sequence[float]]
+    population: int = 100
+    generations: int = 500
+    parent_ratio: float = 0.25
+    mutation_ratio: float = 0.5
+    mutate_prob: float = 0.1
+    max_retries: int = 200  # re-draws per child before giving up (OFA: unbounded)
+    seed: int = 0
+    name: str = "dynamic-ofa-sweep"
+
+    def search(self, problem: SearchProblem) -> SearchResult:
+        start = time.perf_counter()
+        rows, accs, lats = [], [], []
+        picks = {}
+        for ctx, budgets in self.budgets.items():
+            for budget in budgets:
+                g, a, l = self.run_one(problem, ctx, float(budget))
+                picks[(ctx, float(budget))] = len(rows)
+                rows.append(g)
+                accs.append(a)
+                lats.append(l)
+        return SearchResult(problem.coding, problem.contexts, np.stack(rows), np.array(accs), np.stack(lats),
+                            problem.evaluations, time.perf_counter() - start, picks)
+
+    def run_one(self, problem: SearchProblem, context: str, budget: float) -> tuple[np.ndarray, float, np.ndarray]:
+        """One evolution under `latency[context] <= budget`; returns the best (genes, accuracy, latencies)."""
+        coding = problem.coding
+        fastest = problem.fastest.get(context)
+        if fastest is not None and budget < fastest:
+            raise BudgetError(f"latency budget {budget:g} ms in context '{context}' cannot be met: the fastest "
+                              f"architecture of the space takes {fastest:.4g} ms")
+        rng = np.random.default_rng((self.seed, int(budget * 1000)))
+        lat_fn = problem.latency[context]
+        upper = coding.upper
+        n_mut = int(round(self.mutation_ratio * self.population))
+        n_par = int(round(self.parent_ratio * self.population))
+
+        def feasible(g: np.ndarray) -> np.ndarray:
+            problem.evaluations += 0  # latency-only checks are cheap; counted with accuracy below
+            return lat_fn(g) <= budget
+
+        # random initial population, each sample re-drawn until feasible
+        pop = coding.random(rng, self.population)
+        ok = feasible(pop)
+        for _ in range(self.max_retries):
+            if ok.all():
+                break
+            bad = np.flatnonzero(~ok)
+            pop[bad] = coding.random(rng, len(bad))
+            ok[bad] = feasible(pop[bad])
+        if not ok.any():
+            raise BudgetError(f"latency budget {budget:g} ms in context '{context}': no feasible architecture in "
+                              f"{self.max_retries} random draws per sample (fastest possible: "
+                              f"{fastest if fastest is not None else float('nan'):.4g} ms)")
+        pop[~ok] = pop[ok][rng.integers(0, ok.sum(), size=(~ok).sum())]
+        acc, _ = problem.evaluate(pop)
+        best_g, best_a = None, -np.inf
+        nb, ns = coding.nb, coding.ns
+        for _ in range(self.generations):
+            order = np.argsort(-acc, kind="stable")[:n_par]
+            parents, p_acc = pop[order], acc[order]
+            if p_acc[0] > best_a:
+                best_g, best_a = parents[0].copy(), float(p_acc[0])
+            # mutation: r, each block's (k, e) together, each stage's d, each with mutate_prob
+            par = parents[rng.integers(0, n_par, size=n_mut)]
+            kids_m = self._mutate(par, rng, upper, nb, ns)
+            ok = feasible(kids_m)
+            for _ in range(self.max_retries):
+                if ok.all():
+                    break
+                bad = np.flatnonzero(~ok)
+                kids_m[bad] = self._mutate(par[bad], rng, upper, nb, ns)
+                ok[bad] = feasible(kids_m[bad])
+            kids_m[~ok] = par[~ok]  # retry cap hit: keep the (feasible) parent
+            # crossover: each gene from either parent
+            pa = parents[rng.integers(0, n_par, size=self.population - n_mut)]
+            pb = parents[rng.integers(0, n_par, size=self.population - n_mut)]
+            kids_c = np.where(rng.random(pa.shape) < 0.5, pa, pb)
+            ok = feasible(kids_c)
+            for _ in range(self.max_retries):
+                if ok.all():
+                    break
+                bad = np.flatnonzero(~ok)
+                kids_c[bad] = np.where(rng.random(pa[bad].shape) < 0.5, pa[bad], pb[bad])
+                ok[bad] = feasible(kids_c[bad])
+            kids_c[~ok] = pa[~ok]
+            kids = np.concatenate([kids_m, kids_c])
+            k_acc, _ = problem.evaluate(kids)
+            pop, acc = np.concatenate([parents, kids]), np.concatenate([p_acc, k_acc])
+        lat = np.array([fn(best_g[None])[0] for fn in problem.latency.values()])
+        return coding.canonical(best_g[None])[0], best_a, lat
+
+    def _mutate(self, par: np.ndarray, rng: np.random.Generator, upper: np.ndarray, nb: int, ns: int) -> np.ndarray:
+        kids = par.copy()
+        n = len(par)
+        m_r = rng.random(n) < self.mutate_prob
+        kids[m_r, -1] = rng.integers(0, upper[-1], size=m_r.sum())
+        m_b = rng.random((n, nb)) < self.mutate_prob
+        kids[:, :nb] = np.where(m_b, rng.integers(0, upper[0], size=(n, nb)), kids[:, :nb])
+        kids[:, nb:2 * nb] = np.where(m_b, rng.integers(0, upper[nb], size=(n, nb)), kids[:, nb:2 * nb])
+        m_d = rng.random((n, ns)) < self.mutate_prob
+        kids[:, 2 * nb:2 * nb + ns] = np.where(m_d, rng.integers(0, upper[2 * nb], size=(n, ns)),
+                                               kids[:, 2 * nb:2 * nb + ns])
+        return kids
