@@ -1,0 +1,106 @@
+"""This Linux machine: CPU time counters from /proc/stat and the process's own CPU time (sensors), the
+intra-op thread count and the CPU affinity of the process (actuators).
+
+Why /proc/stat and not psutil.cpu_percent: one read of a small text file per sampling period, no hidden
+global state, and the parser can be pointed at a fake file in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC_STAT = Path("/proc/stat")
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """Aggregate CPU counters (seconds) at one instant: busy and total over all CPUs, and this process's
+    own user+system time."""
+
+    wall: float
+    busy: float
+    total: float
+    own: float
+
+
+def parse_proc_stat(text: str) -> tuple[float, float]:
+    """(busy, total) seconds from the aggregate `cpu` line of /proc/stat. Idle and iowait count as idle."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            fields = [int(v) for v in line.split()[1:]]
+            if len(fields) < 4:
+                break
+            hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+            # user nice system idle iowait irq softirq steal guest guest_nice; guest is already in user
+            idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+            total = sum(fields[:8])
+            return (total - idle) / hz, total / hz
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+
+
+def read_proc_stat(path: Path = PROC_STAT) -> CpuTimes:
+    """One sample of the machine's and this process's CPU time. Raises OSError/ValueError when the file
+    cannot be read; callers that must keep running catch it."""
+    busy, total = parse_proc_stat(Path(path).read_text())
+    t = os.times()
+    return CpuTimes(wall=time.monotonic(), busy=busy, total=total, own=t.user + t.system)
+
+
+def cpu_load_between(a: CpuTimes, b: CpuTimes, n_cpus: int) -> tuple[float, float]:
+    """(total busy CPUs, busy CPUs used by others than this process) between two samples, in CPUs
+    (0..n_cpus). The second is what competing processes take from us."""
+    dt_total = b.total - a.total
+    if dt_total <= 0:
+        return 0.0, 0.0
+    busy_frac = (b.busy - a.busy) / dt_total
+    busy_cpus = busy_frac * n_cpus
+    wall = max(b.wall - a.wall, 1e-6)
+    own_cpus = max(0.0, (b.own - a.own) / wall)
+    return busy_cpus, max(0.0, min(float(n_cpus), busy_cpus - own_cpus))
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class LocalPlatform:
+    """Knobs of this machine the manager may turn. Each setter raises OSError/RuntimeError when refused;
+    the manager logs that and keeps its previous setting."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.n_cpus = cpu_count()
+        try:
+            self._initial_affinity = set(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self._initial_affinity = set(range(self.n_cpus))
+
+    @property
+    def cpus(self) -> list[int]:
+        return sorted(self._initial_affinity)
+
+    def set_torch_threads(self, n: int) -> None:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+    def set_affinity(self, cpus: set[int] | list[int]) -> None:
+        os.sched_setaffinity(0, set(cpus))
+
+    def restore_affinity(self) -> None:
+        try:
+            os.sched_setaffinity(0, self._initial_affinity)
+        except (AttributeError, OSError):
+            pass
+
+    def describe(self) -> dict:
+        return {"platform": self.name, "cpus": self.cpus, "simulated": False}

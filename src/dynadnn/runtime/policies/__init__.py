@@ -1,0 +1,28 @@
+"""Policies, selectable by name. Adding one is one file: a `Policy` subclass plus one line in `REGISTRY`."""
+
+from __future__ import annotations
+
+from ...errors import UserError
+from .base import Policy
+from .dofa import DofaPolicy
+from .feedback import FeedbackPolicy
+from .oracle import OraclePolicy
+from .static import StaticPolicy
+
+REGISTRY: dict[str, type[Policy]] = {
+    "static": StaticPolicy,
+    "dofa": DofaPolicy,
+    "feedback": FeedbackPolicy,
+    "oracle": OraclePolicy,
+}
+
+
+def make_policy(name: str, **kwargs) -> Policy:
+    """A new policy by name; `oracle` needs `phase_at` and `p95_by_phase` (see `OraclePolicy`)."""
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise UserError(f"unknown policy '{name}': expected one of {', '.join(REGISTRY)}")
+    return cls(**kwargs)
+
+
+__all__ = ["Policy", "REGISTRY", "make_policy", "StaticPolicy", "DofaPolicy", "FeedbackPolicy", "OraclePolicy"]

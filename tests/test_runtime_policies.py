@@ -1,0 +1,171 @@
+"""Policy logic against synthetic latency streams: deterministic, fast, no model and no threads."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dynadnn.errors import UserError
+from dynadnn.runtime.options import Option, SystemSample, Targets, by_accuracy
+from dynadnn.runtime.policies import DofaPolicy, FeedbackPolicy, OraclePolicy, StaticPolicy, make_policy
+
+# five members, one thread: accuracy rises with latency (a Pareto family)
+OPTIONS = tuple(Option(member=i, threads=1, backend="ort", top1=70.0 + 3 * i, p50_ms=1.0 + i, p95_ms=1.05 * (1.0 + i),
+                       name=f"m{i}") for i in range(5))
+DT = 0.01  # 100 frames per second
+
+
+def simulate(policy, options, slowdown_at, n, targets, jitter=0.05, seed=0, system=None):
+    """Run `n` frames: latency = profiled median x slowdown(t) x (1 +- jitter). Returns per-frame
+    (t, option, latency)."""
+    rng = random.Random(seed)
+    cur = policy.reset(options, targets)
+    out = []
+    for k in range(n):
+        t = k * DT
+        lat = options[cur].p50_ms * slowdown_at(t) * (1 + jitter * (2 * rng.random() - 1))
+        out.append((t, cur, lat))
+        cur = policy.step(t, lat, cur, targets, system)
+    return out
+
+
+def switches(trace):
+    return sum(1 for a, b in zip(trace, trace[1:]) if a[1] != b[1])
+
+
+def on_time(trace, deadline):
+    return sum(lat <= deadline for _, _, lat in trace) / len(trace)
+
+
+def step_load(t):  # idle, 2.5x slower from 3 s to 6 s, idle again
+    return 2.5 if 3.0 <= t < 6.0 else 1.0
+
+
+def test_static_never_switches_and_picks_most_accurate():
+    tr = simulate(StaticPolicy(), OPTIONS, step_load, 900, Targets(deadline_ms=6.0))
+    assert {o for _, o, _ in tr} == {4}
+
+
+def test_feedback_jumps_straight_to_the_member_that_fits():
+    targets = Targets(deadline_ms=7.0)
+    tr = simulate(FeedbackPolicy(), OPTIONS, step_load, 900, targets)
+    assert tr[250][1] == 4  # idle: the most accurate member fits (5 ms x 1.05 x 1.15 < 7)
+    # load starts at frame 300: within a few frames it is on m1 (2 ms x 2.5 = 5 ms), with ONE switch
+    after = [o for _, o, _ in tr[300:320]]
+    first_new = next(k for k, o in enumerate(after) if o != 4)
+    assert first_new <= 3
+    assert after[first_new] == 1 and after[-1] == 1
+    assert switches(tr[:400]) == 1
+    # back up after the load ends, and only few switches in all
+    assert tr[-1][1] == 4
+    assert switches(tr) <= 4
+    assert on_time(tr, targets.deadline_ms) >= 0.99
+
+
+def test_feedback_beats_dofa_on_time_under_a_load_step():
+    targets = Targets(deadline_ms=6.0)
+    fb = simulate(FeedbackPolicy(), OPTIONS, step_load, 900, targets)
+    dofa = simulate(DofaPolicy(), OPTIONS, step_load, 900, targets)
+    assert on_time(fb, 6.0) >= 0.99
+    assert on_time(dofa, 6.0) < on_time(fb, 6.0)
+
+
+def test_feedback_does_not_oscillate_at_a_boundary():
+    """A slowdown that puts m3 right at the budget edge: noise must not make it flap."""
+    targets = Targets(deadline_ms=6.0)
+    tr = simulate(FeedbackPolicy(), OPTIONS, lambda t: 1.22, 2000, targets, jitter=0.08)
+    assert switches(tr) <= 4
+
+
+def test_feedback_prefers_one_thread_when_competitors_take_the_cpus():
+    opts = (Option(0, 1, "ort", 70.0, 1.0, 1.1), Option(1, 1, "ort", 75.0, 4.0, 4.4),
+            Option(1, 2, "ort", 75.0, 2.5, 2.8))
+    pol = FeedbackPolicy()
+    targets = Targets(deadline_ms=5.0)
+    assert pol.reset(opts, targets) == 2  # idle: 2 threads make the accurate member fit
+    busy = SystemSample(others_busy=1.0, n_cpus=2, t=0.0, ok=True)
+    cur, k = 2, 0
+    for k in range(50):  # 2 threads and a competitor: 3x slower (sync waits), the 1-thread copy is fine
+        lat = opts[cur].p50_ms * (3.0 if opts[cur].threads == 2 else 1.1)
+        cur = pol.step(k * DT, lat, cur, targets, busy)
+    assert opts[cur].threads == 1
+
+
+def test_feedback_probes_up_when_slack_persists_and_backs_off_when_the_probe_misses():
+    targets = Targets(deadline_ms=9.0)
+    pol = FeedbackPolicy(probe_s=0.5, up_hysteresis=10.0)  # huge hysteresis: only a probe can go up
+    cur = pol.reset(OPTIONS, targets, start=0)
+    seen = set()
+    for k in range(400):
+        lat = OPTIONS[cur].p50_ms * (1.0 if OPTIONS[cur].member < 3 else 3.0)  # m3 and m4 miss
+        seen.add(cur)
+        cur = pol.step(k * DT, lat, cur, targets)
+    assert {1, 2} <= seen  # it climbed by probes
+    assert cur <= 2 and pol.probe_wait > pol.probe_s  # a miss sent it back down and backed off
+
+
+def test_feedback_deadline_from_fps_target():
+    assert Targets(deadline_ms=50.0, fps=100.0).effective_deadline_ms() == 10.0
+    with pytest.raises(UserError, match="deadline_ms"):
+        Targets(deadline_ms=0).validate()
+
+
+def test_dofa_ignores_first_21_frames_then_steps_down_one_level_at_a_time():
+    targets = Targets(deadline_ms=6.0)
+    pol = DofaPolicy()
+    cur = pol.reset(OPTIONS, targets)
+    assert cur == 4  # starts at the top of the ladder
+    levels = [cur]
+    for k in range(200):
+        lat = OPTIONS[cur].p50_ms * 1.6  # 8 ms on m4: below the 9 ms cut-off, so visible
+        cur = pol.step(k * DT, lat, cur, targets)
+        levels.append(cur)
+    # first drop: 21 ignored frames, then sum(last 20) / 20 > 6 needs 16 samples of 8 ms
+    first_drop = next(k for k, lv in enumerate(levels) if lv != 4)
+    assert first_drop == 21 + 16
+    # one step at a time
+    assert all(abs(a - b) <= 1 for a, b in zip(levels, levels[1:]))
+    assert levels[-1] == 2  # 3 ms x 1.6 = 4.8 ms fits; it never went further down
+
+
+def test_dofa_cannot_see_saturated_latencies():
+    """Latencies above the cut-off are not recorded: a saturated machine looks fine to it."""
+    targets = Targets(deadline_ms=6.0)
+    pol = DofaPolicy()  # cut-off 1.5 x 6 = 9 ms
+    cur = pol.reset(OPTIONS, targets)
+    for k in range(300):
+        cur = pol.step(k * DT, 50.0, cur, targets)
+    assert cur == 4
+
+
+def test_dofa_steps_up_only_for_accuracy():
+    targets = Targets(deadline_ms=100.0, min_top1=76.0)
+    pol = DofaPolicy(start_level=0)
+    cur = pol.reset(OPTIONS, targets)
+    assert cur == 0
+    trace = []
+    for k in range(400):
+        cur = pol.step(k * DT, 1.0, cur, targets)
+        trace.append(cur)
+    assert trace[70] == 0 and trace[72] == 1  # after 51 frames + 21 counted ones
+    assert trace[-1] == 2  # 76 % reached: never climbs further for slack
+
+
+def test_oracle_follows_the_schedule():
+    targets = Targets(deadline_ms=6.0)
+    table = {0: [o.p95_ms for o in OPTIONS], 1: [o.p95_ms * 2.5 for o in OPTIONS]}
+    pol = OraclePolicy(phase_at=lambda t: 1 if 3.0 <= t < 6.0 else 0, p95_by_phase=table, clock=lambda: 0.0)
+    tr = simulate(pol, OPTIONS, step_load, 900, targets, jitter=0.0)
+    assert tr[0][1] == 4 and tr[301][1] == 1 and tr[-1][1] == 4
+    assert on_time(tr, 6.0) >= 0.99
+
+
+def test_registry_names_and_unknown_policy():
+    assert isinstance(make_policy("feedback"), FeedbackPolicy)
+    with pytest.raises(UserError, match="unknown policy 'nope'"):
+        make_policy("nope")
+
+
+def test_by_accuracy_orders_most_accurate_first():
+    assert by_accuracy(OPTIONS)[0] == 4
