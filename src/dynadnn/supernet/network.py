@@ -148,6 +148,42 @@ class ElasticBlock(nn.Module):
             w = F.linear(crop, self.kernel_transforms[f"{big}to{small}"]).view(mid, 1, small, small)
         return w
 
+    @torch.no_grad()
+    def reorganize_middle(self, expand_ratio_stage: int = 0) -> None:
+        """Permute the middle channels by descending importance (see `SuperNet.reorganize_channels`);
+        mirrors OFA's `DynamicMBConvLayer.re_organize_middle_weights` step by step."""
+        importance = self.project.weight.abs().sum(dim=(0, 2, 3))
+        if expand_ratio_stage > 0:
+            targets = [make_divisible(round(self.cin * e), self.divisor) for e in sorted(self.e_choices, reverse=True)]
+            right, base = len(importance), -len(targets) * 1e5
+            for i in range(expand_ratio_stage + 1):
+                left = targets[i]
+                importance[left:right] += base
+                base += 1e5
+                right = left
+        order = torch.sort(importance, dim=0, descending=True)[1]
+
+        def permute(t: Tensor, dim: int, idx: Tensor) -> None:
+            t.copy_(torch.index_select(t, dim, idx))
+
+        permute(self.project.weight, 1, order)
+        for t in (self.dw_bn.weight, self.dw_bn.bias, self.dw_bn.running_mean, self.dw_bn.running_var):
+            permute(t, 0, order)
+        permute(self.dw.weight, 0, order)
+        if self.use_se:
+            permute(self.se_expand.weight, 0, order)
+            permute(self.se_expand.bias, 0, order)
+            permute(self.se_reduce.weight, 1, order)
+            se_order = torch.sort(self.se_expand.weight.abs().sum(dim=(0, 2, 3)), dim=0, descending=True)[1]
+            permute(self.se_expand.weight, 1, se_order)
+            permute(self.se_reduce.weight, 0, se_order)
+            permute(self.se_reduce.bias, 0, se_order)
+        if self.expand is not None:
+            for t in (self.expand_bn.weight, self.expand_bn.bias, self.expand_bn.running_mean,
+                      self.expand_bn.running_var):
+                permute(t, 0, order)
+            permute(self.expand.weight, 0, order)
+
 
 class SuperNet(nn.Module):
     """OFA's elastic MobileNetV3 for any `SearchSpace`."""
@@ -328,6 +364,19 @@ class SuperNet(nn.Module):
             if key not in buffers:
                 raise KeyError(f"BN statistics name unknown buffer '{key}'")
             buffers[key][: value.shape[0]].copy_(value)
+        self.invalidate()
+
+    @torch.no_grad()
+    def reorganize_channels(self, expand_ratio_stage: int = 0) -> None:
+        """Sort every elastic block's middle channels by importance (L1 norm of the projection weights that
+        read them), so that prefix slicing for a smaller expand ratio keeps the most important ones. This is
+        OFA's `re_organize_middle_weights`, applied before training the elastic expand ratio: with
+        `expand_ratio_stage` = s > 0 the channels already reserved for the s largest ratios keep their
+        tiers (OFA's progressive shrinking). SE's hidden units are sorted likewise. The function computed
+        by the full network does not change; it permutes weights in place (parameters keep their identity,
+        so an optimizer holding them stays valid) and forgets cached plans."""
+        for blk in list(self.blocks)[1:]:
+            blk.reorganize_middle(expand_ratio_stage)
         self.invalidate()
 
     def extract(self, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None) -> "StaticNet":
