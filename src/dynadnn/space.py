@@ -38,7 +38,10 @@ class Arch:
     def __post_init__(self) -> None:
         for name in ("ks", "e", "d"):
             value = getattr(self, name)
-            if not isinstance(value, (tuple, list)) or not all(isinstance(v, (int, np.integer)) for v in value):
+            if isinstance(value, np.ndarray) and value.ndim == 1:  # e.g. a search's genome
+                value = value.tolist()
+            if not isinstance(value, (tuple, list)) or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                                               for v in value):
                 raise ArchError(f"arch field '{name}': expected a list of integers, got {value!r}")
             object.__setattr__(self, name, tuple(int(v) for v in value))
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)):
@@ -215,11 +218,18 @@ class SearchSpace:
                 if v not in allowed:
                     raise ArchError(f"arch field '{name}[{i}]' is {v}; preset '{self.name}' allows {list(allowed)}")
         if arch.r not in self.resolutions:
-            lo, hi = self.resolutions[0], self.resolutions[-1]
-            raise ArchError(f"arch field 'r' is {arch.r}; preset '{self.name}' allows {list(self.resolutions)}"
-                            if len(self.resolutions) <= 8 else
-                            f"arch field 'r' is {arch.r}; preset '{self.name}' allows {lo}..{hi} in its list of {len(self.resolutions)}")
+            raise ArchError(f"arch field 'r' is {arch.r}; preset '{self.name}' allows {self.describe_resolutions()}")
         return arch
+
+    def describe_resolutions(self) -> str:
+        """`[20, 24, 28, 32]`, or `128..224 in steps of 4` for a long evenly spaced list."""
+        res = self.resolutions
+        steps = {b - a for a, b in zip(res, res[1:])}
+        if len(res) <= 8:
+            return str(list(res))
+        if len(steps) == 1:
+            return f"{res[0]}..{res[-1]} in steps of {steps.pop()}"
+        return f"one of {list(res)}"
 
     def canonical(self, arch: Arch) -> Arch:
         """The same network with inactive block slots set to the smallest choice, so equal networks compare
