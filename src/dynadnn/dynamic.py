@@ -51,7 +51,8 @@ class Member:
     channels_last: bool
     in_channels: int
     plan: Plan | None = None  # in-place members only
-    build_ms: float = 0.0  # extraction + folding + compilation + warm-up, for reports
+    extract_ms: float = 0.0  # extraction + BN folding (or plan preparation), for reports
+    build_ms: float = 0.0  # all of the above + layout + compilation + warm-up
 
     @property
     def resolution(self) -> int:
@@ -101,7 +102,7 @@ def _example(arch: Arch, in_channels: int, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=_CL) if channels_last else x
 
 
-def _compile(static: StaticNet, example: Tensor) -> torch.jit.ScriptModule:
+def compile_static(static: StaticNet, example: Tensor) -> torch.jit.ScriptModule:
     """Trace and freeze: weights become constants, conv+bias+activation patterns fuse, and a forward
     is one graph call instead of ~150 Python module calls. TorchScript is deprecated upstream but still
     the cheapest ahead-of-time graph for a CPU batch-1 model; callers fall back to eager if it fails."""
@@ -120,7 +121,7 @@ def _warm(fn: Callable[[Tensor], Tensor], x: Tensor, runs: int) -> Tensor:
 
 
 def build_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None, *,
-                 backend: str = "auto", channels_last: bool = True, warmup: int = 8) -> Member:
+                 backend: str = "auto", channels_last: bool = True, warmup: int = 6) -> Member:
     """Extract `arch` as a standalone static model (with `bn_stats` if given), fold BN, convert the layout,
     compile it (backend "auto" = TorchScript if it compiles and matches the eager model, else eager) and
     run it `warmup` times so the first real inference does not pay for lazy initialisation."""
@@ -129,6 +130,7 @@ def build_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, Tensor] 
     t0 = time.perf_counter()
     space = supernet.space
     static = supernet.extract(arch, bn_stats=bn_stats).fuse()
+    extract_ms = (time.perf_counter() - t0) * 1e3
     if channels_last:
         static = static.to(memory_format=_CL)
     example = _example(arch, space.in_channels, channels_last)
@@ -136,7 +138,7 @@ def build_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, Tensor] 
     used = "eager"
     if backend in ("auto", "torchscript"):
         try:
-            compiled = _compile(static, example)
+            compiled = compile_static(static, example)
             with torch.inference_mode():
                 want, got = static(example), _warm(compiled, example, 3)
             tol = 1e-4 * max(1.0, float(want.abs().max()))
@@ -148,7 +150,7 @@ def build_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, Tensor] 
                 raise RuntimeError(f"TorchScript compilation of member {arch.short()} failed: {exc}") from exc
     _warm(module, example, warmup)
     return Member(arch, bn_stats, module, used, channels_last, space.in_channels,
-                  build_ms=(time.perf_counter() - t0) * 1e3)
+                  extract_ms=extract_ms, build_ms=(time.perf_counter() - t0) * 1e3)
 
 
 def _plan_channels_last(plan: Plan) -> Plan:
@@ -160,7 +162,7 @@ def _plan_channels_last(plan: Plan) -> Plan:
 
 
 def build_inplace_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None, *,
-                         channels_last: bool = True, warmup: int = 8) -> Member:
+                         channels_last: bool = True, warmup: int = 6) -> Member:
     """A member that runs on the super-network's functional path: its plan (sliced, kernel-transformed,
     BN-folded tensors) is computed once here, so switching to it is `SuperNet.use_plan`, a pointer swap."""
     t0 = time.perf_counter()
@@ -168,10 +170,11 @@ def build_inplace_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, 
         plan = supernet.plan(arch, bn_stats, fold_bn=True)
     if channels_last:
         plan = _plan_channels_last(plan)
+    extract_ms = (time.perf_counter() - t0) * 1e3
     module = partial(run_plan, plan)
     _warm(module, _example(arch, supernet.space.in_channels, channels_last), warmup)
     return Member(arch, bn_stats, module, "inplace", channels_last, supernet.space.in_channels, plan=plan,
-                  build_ms=(time.perf_counter() - t0) * 1e3)
+                  extract_ms=extract_ms, build_ms=(time.perf_counter() - t0) * 1e3)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ class DynamicNetwork:
     added with `add` and so in-place members share its tensors."""
 
     def __init__(self, supernet: SuperNet, archs: Sequence[Arch], bn_stats: Sequence[Mapping[str, Tensor] | None] | None = None,
-                 *, mode: str = "resident", backend: str = "auto", channels_last: bool = True, warmup: int = 8,
+                 *, mode: str = "resident", backend: str = "auto", channels_last: bool = True, warmup: int = 6,
                  progress: Callable[[int, Member], None] | None = None):
         if mode not in MODES:
             raise UserError(f"mode '{mode}': expected one of {', '.join(MODES)}")
@@ -224,7 +227,7 @@ class DynamicNetwork:
         else:
             member = build_member(self.supernet, arch, bn_stats, backend=self.backend,
                                   channels_last=self.channels_last, warmup=self.warmup)
-        self._index[key] = len(self.members)
+        self._index[key] = self._index[arch] = len(self.members)  # exact and canonical form
         self.members = self.members + (member,)  # a new tuple: concurrent readers see old or new, whole
         return member
 
@@ -233,6 +236,9 @@ class DynamicNetwork:
 
     def index(self, arch: Arch) -> int:
         """Position of the resident member with this architecture."""
+        i = self._index.get(arch)  # the usual case: the very arch the member was built from (~1 us)
+        if i is not None:
+            return i
         try:
             return self._index[self.space.canonical(arch)]
         except KeyError:
@@ -244,7 +250,7 @@ class DynamicNetwork:
 
     @property
     def active_index(self) -> int:
-        return self._index[self.space.canonical(self._active.arch)]
+        return self._index[self._active.arch]
 
     # --- switching --------------------------------------------------------------------------------
     def switch(self, which: int | Arch | Member) -> Member:
