@@ -144,16 +144,36 @@ def load_ofa_state_dict(net: SuperNet, state: Mapping[str, Any], source: str = "
 # ----------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------
+_EXPECTED = "expected a dynadnn .safetensors file or a PyTorch .pth state dict"
+
+
 def _read_torch(path: Path) -> Any:
+    """`torch.load(weights_only=True)` with its many failure types turned into one-line errors: a pickle
+    that names a callable is refused (it would run code), anything else unreadable is 'not a checkpoint'."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(f"{path}: refusing to load: the file holds Python objects that would run code "
+        text = str(exc)
+        called = re.search(r"GLOBAL ([\w.]+)", text)
+        if called:
+            raise CheckpointError(f"{path}: refusing to load: the file would call {called.group(1)} when unpickled "
                                   "(only tensors and plain containers are accepted)") from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        if _looks_like_pickle(path):
+            raise CheckpointError(f"{path}: refusing to load: a Python pickle holding more than tensors and plain "
+                                  "containers (unpickling it could run code)") from None
+        raise CheckpointError(f"{path}: not a checkpoint ({_EXPECTED}; this is unreadable as either)") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises KeyError, IndexError, EOFError... on garbage
+        detail = (str(exc).splitlines() or [""])[0][:80]
+        raise CheckpointError(f"{path}: not a checkpoint ({_EXPECTED}; reading it failed with "
+                              f"{type(exc).__name__}{': ' + detail if detail else ''})") from None
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -177,9 +197,12 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: metadata field 'dynadnn' is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: metadata field 'dynadnn' must be a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -211,12 +234,16 @@ def load_checkpoint(path: str | Path, preset: str | SearchSpace | None = None) -
     p = resolve_checkpoint_path(path)
     if _is_safetensors(p):
         meta = read_checkpoint_meta(p)
-        name = preset or meta.get("preset")
-        if name is None:
-            raise CheckpointError(f"{p}: no 'preset' in its metadata; pass --preset")
-        space = name if isinstance(name, SearchSpace) else load_space(name)
-        if meta.get("space"):
+        # an explicit preset wins; else the space description the checkpoint carries (custom spaces load
+        # without their JSON file); else the preset it names
+        if preset is not None:
+            space = preset if isinstance(preset, SearchSpace) else load_space(preset)
+        elif meta.get("space"):
             space = SearchSpace.from_dict(meta["space"], f"{p} metadata")
+        elif meta.get("preset"):
+            space = load_space(meta["preset"])
+        else:
+            raise CheckpointError(f"{p}: no 'preset' in its metadata; pass --preset")
         try:
             tensors = load_file(str(p))
         except (SafetensorError, OSError) as exc:
