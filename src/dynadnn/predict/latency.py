@@ -309,7 +309,10 @@ class LatencyTable:
         from ..supernet.checkpoint import atomic_write
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{directory}: cannot create the table directory ({exc.strerror})") from None
         for r in self.resolutions:
             text = json.dumps(self.entries[r], indent=1, sort_keys=True)
             atomic_write(directory / f"{r}_lookup_table.json", lambda p, t=text: Path(p).write_text(t))

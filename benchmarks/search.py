@@ -1,0 +1,114 @@
+"""Search benchmark: one multi-objective run vs Dynamic-OFA's per-budget sweep, on real reference data.
+
+Both searchers get the same vectorised predictors (OFA's published accuracy predictor, Dynamic-OFA's
+Jetson Xavier NX CPU and GPU latency tables, resolutions 160-224 in steps of 4, which the tables cover),
+so the comparison is algorithm against algorithm. Ours is ONE run over both contexts; the sweep is OFA's
+evolution (population 100, 500 generations) once per budget and context (16 runs).
+
+Prints a table, then one JSON object as the last line:
+  ours_gpu / sweep_gpu / ours_cpu / sweep_cpu: {budget: best predicted top-1 (%) within it}
+  hv_ours / hv_sweep: hypervolume (pymoo) of (top-1, GPU ms, CPU ms) normalised to the unit cube
+  (top-1 70..90 %, GPU 15..31 ms, CPU 700..2900 ms; reference point at the worst corner)
+  time_ours_s / time_sweep_s, evals_ours / evals_sweep.
+Targets (issue 4): ours >= sweep - 0.1 points at every budget; time_ours_s <= time_sweep_s / 20.
+
+Usage: python benchmarks/search.py [--quick] [--reference DIR] [--seed N]
+(--quick runs the same comparison; it already fits in a minute.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynadnn.predict import reference_predictor, reference_table
+from dynadnn.search import EvolutionSweep, NSGA2Search, SearchProblem, hypervolume
+from dynadnn.space import load_space
+
+GPU_BUDGETS = [16.5, 17.5, 20, 22, 24, 26, 28, 30.5]
+CPU_BUDGETS = [900, 1000, 1200, 1400, 1600, 2000, 2400, 2800]
+BOX = {"acc": (70.0, 90.0), "jetson_gpu": (15.0, 31.0), "jetson_cpu": (700.0, 2900.0)}
+
+
+def find_reference(arg: str | None) -> Path:
+    for cand in [arg, os.environ.get("DYNADNN_REFERENCE"), str(Path(__file__).resolve().parents[1].parent / "shared" / "reference")]:
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    sys.exit("benchmarks/search.py: reference data not found; pass --reference or set DYNADNN_REFERENCE")
+
+
+def normalised_hv(acc: np.ndarray, lat: np.ndarray, contexts: list[str]) -> float:
+    lo, hi = BOX["acc"]
+    a = (acc - lo) / (hi - lo) * (hi - lo) + lo  # kept in percent for hypervolume's sign convention below
+    f_acc = (hi - a) / (hi - lo)
+    cols = [(lat[:, i] - BOX[c][0]) / (BOX[c][1] - BOX[c][0]) for i, c in enumerate(contexts)]
+    return hypervolume(-f_acc, np.column_stack(cols), -1.0, [1.0] * len(contexts))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="same comparison (it already runs in under a minute)")
+    ap.add_argument("--reference", help="shared reference directory (default: $DYNADNN_REFERENCE or ../shared/reference)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ref = find_reference(args.reference)
+    space = load_space("ofa_mbv3_w1.2")
+    acc = reference_predictor(ref, space)
+    tables = {"jetson_gpu": reference_table(ref, "jetson_gpu", space), "jetson_cpu": reference_table(ref, "jetson_cpu", space)}
+    budgets = {"jetson_gpu": GPU_BUDGETS, "jetson_cpu": CPU_BUDGETS}
+    # import pymoo's modules before timing (a one-off ~1 s import is not search time)
+    import pymoo.indicators.hv  # noqa: F401
+    import pymoo.operators.survival.rank_and_crowding.metrics  # noqa: F401
+    import pymoo.util.nds.non_dominated_sorting  # noqa: F401
+
+    p_ours = SearchProblem.from_predictors(acc, tables)
+    t0 = time.perf_counter()
+    ours = NSGA2Search(budgets=budgets, seed=args.seed).search(p_ours)
+    time_ours = time.perf_counter() - t0
+
+    p_sweep = SearchProblem.from_predictors(acc, tables)
+    t0 = time.perf_counter()
+    sweep = EvolutionSweep(budgets, seed=args.seed).search(p_sweep)
+    time_sweep = time.perf_counter() - t0
+
+    out: dict = {}
+    rows = []
+    for ctx, key in (("jetson_gpu", "gpu"), ("jetson_cpu", "cpu")):
+        o, s = {}, {}
+        for b in budgets[ctx]:
+            name = f"{b:g}"
+            best = ours.best_within(ctx, b)
+            o[name] = round(best[1], 3) if best else None
+            s[name] = round(float(sweep.accuracy[sweep.picks[(ctx, float(b))]]), 3)
+            rows.append((ctx, name, o[name], s[name]))
+        out[f"ours_{key}"], out[f"sweep_{key}"] = o, s
+    out["hv_ours"] = round(normalised_hv(ours.accuracy, ours.latency, ours.contexts), 5)
+    out["hv_sweep"] = round(normalised_hv(sweep.accuracy, sweep.latency, sweep.contexts), 5)
+    out["time_ours_s"], out["time_sweep_s"] = round(time_ours, 3), round(time_sweep, 3)
+    out["evals_ours"], out["evals_sweep"] = p_ours.evaluations, p_sweep.evaluations
+    out["archive_size"] = len(ours.genes)
+    diffs = [r[2] - r[3] for r in rows if r[2] is not None]
+    out["min_diff"] = round(min(diffs), 3)
+    out["budgets_within_0.1"] = sum(d >= -0.1 for d in diffs)
+    out["speedup"] = round(time_sweep / time_ours, 1)
+
+    print(f"{'context':11s} {'budget':>7s} {'ours %':>8s} {'sweep %':>8s} {'diff':>7s}")
+    for ctx, name, o, s in rows:
+        print(f"{ctx:11s} {name:>7s} {o if o is not None else float('nan'):8.3f} {s:8.3f} {(o or 0) - s:+7.3f}")
+    print(f"hypervolume (normalised): ours {out['hv_ours']:.4f}  sweep {out['hv_sweep']:.4f}")
+    print(f"time: ours {time_ours:.2f} s ({p_ours.evaluations} predictions, archive {len(ours.genes)})  "
+          f"sweep {time_sweep:.2f} s ({p_sweep.evaluations} predictions)  speed-up {out['speedup']}x")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

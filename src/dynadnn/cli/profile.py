@@ -1,0 +1,108 @@
+"""`dynadnn profile`: build latency look-up tables for this device, per thread count (and CUDA)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile", help="time every layer of a space on this device and write latency tables",
+        description="Time each distinct layer of the checkpoint's search space at batch 1 (warm-up, then the "
+                    "median of many runs) for every resolution and thread count, and on CUDA when present. "
+                    "Then time random whole members, fit a per-context correction for what a per-layer sum "
+                    "misses (dispatch overhead between layers), and report MAPE and Kendall tau of raw and "
+                    "corrected predictions on held-out members. Tables are written in Dynamic-OFA's format: "
+                    "OUT/<context>/<r>_lookup_table.json plus table.json (correction, system load, report).")
+    p.add_argument("checkpoint", help="super-network checkpoint (.safetensors, OFA .pth, or zoo:NAME)")
+    p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (contexts cpu:<N>t); default 1,2")
+    p.add_argument("--cuda", choices=("auto", "yes", "no"), default="auto", help="also profile context 'cuda' (default: when present)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per layer (default 100)")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer (default 10)")
+    p.add_argument("--members", type=int, default=100, help="random whole members to time for the correction (default 100)")
+    p.add_argument("--member-runs", type=int, default=30, help="timed runs per member (default 30)")
+    p.add_argument("--resolutions", help="comma-separated resolutions (default: all of the preset)")
+    p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
+    p.set_defaults(func=run)
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what}: expected comma-separated integers, got '{text}'") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"{what}: expected positive integers, got '{text}'")
+    return values
+
+
+def local_contexts(threads: list[int], cuda: str) -> list[str]:
+    import torch
+
+    contexts = [f"cpu:{t}t" for t in threads]
+    if cuda == "yes" and not torch.cuda.is_available():
+        raise UserError("--cuda yes: no CUDA device is available here")
+    if cuda == "yes" or (cuda == "auto" and torch.cuda.is_available()):
+        contexts.append("cuda")
+    return contexts
+
+
+def profile_device(net, contexts: list[str], out: Path, resolutions: list[int] | None = None, runs: int = 100,
+                   warmup: int = 10, members: int = 100, member_runs: int = 30, checkpoint: str = "") -> dict:
+    """Profile every context into `out/<context>/`; returns {context: member-check report}."""
+    from rich.progress import Progress
+
+    from ..predict.latency import LatencyTable, context_dirname
+    from ..predict.profiling import check_members, count_layers, profile_layers
+
+    space = net.space
+    res = resolutions or list(space.resolutions)
+    bad = [r for r in res if r not in space.resolutions]
+    if bad:
+        raise UserError(f"--resolutions: {bad} not in preset '{space.name}' ({list(space.resolutions)})")
+    reports = {}
+    with Progress(transient=True) as bar:
+        for ctx in contexts:
+            n_layers = count_layers(space, res)
+            task = bar.add_task(f"{ctx}: layers", total=n_layers)
+            entries, meta = profile_layers(space, ctx, res, runs, warmup, progress=lambda: bar.advance(task))
+            table = LatencyTable(space, ctx, entries, f"profile {ctx}")
+            task = bar.add_task(f"{ctx}: members", total=members)
+            check = check_members(net, table, members, runs=member_runs, progress=lambda: bar.advance(task))
+            table.correction = check.fit()
+            meta.update({"report": check.report, "checkpoint": checkpoint,
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "members": [{"arch": a.to_dict(), "measured_ms": round(float(m), 4), "p95_ms": round(float(p), 4),
+                                      "lut_ms": round(float(l), 4)}
+                                     for a, m, p, l in zip(check.archs, check.measured_ms, check.p95_ms, check.lut_ms)]})
+            table.save(out / context_dirname(ctx), meta)
+            reports[ctx] = check.report
+    return reports
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..supernet.checkpoint import load_checkpoint
+
+    threads = parse_int_list(args.threads, "--threads")
+    res = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
+    if args.members < 10:
+        raise UserError("--members: need at least 10 members to fit and check a correction")
+    net, _ = load_checkpoint(args.checkpoint, args.preset)
+    contexts = local_contexts(threads, args.cuda)
+    out = Path(args.out)
+    reports = profile_device(net, contexts, out, res, args.runs, args.warmup, args.members, args.member_runs,
+                             str(args.checkpoint))
+    summary = {"preset": net.space.name, "contexts": contexts, "reports": reports}
+    (out / "profile.json").write_text(json.dumps(summary, indent=1))
+    print(f"{'context':8s} {'members':>7s} {'MAPE raw':>9s} {'MAPE corr':>9s} {'tau raw':>8s} {'tau corr':>8s} {'range ms':>14s}")
+    for ctx, r in reports.items():
+        print(f"{ctx:8s} {r['members']:7d} {r['mape_raw']:8.1f}% {r['mape_corrected']:8.1f}% {r['tau_raw']:8.3f} "
+              f"{r['tau_corrected']:8.3f} {r['measured_min_ms']:6.2f}-{r['measured_max_ms']:.2f}")
+    print(f"tables written to {out}/")
+    return 0

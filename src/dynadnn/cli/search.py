@@ -1,0 +1,225 @@
+"""`dynadnn search`: a Pareto family of sub-networks for this device, written as a family artifact."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="search a Pareto family of sub-networks and write family.json + family.safetensors",
+        description="One multi-objective search (NSGA-II plus budget-niche refinement) over the checkpoint's "
+                    "space, maximising predicted top-1 and minimising predicted latency in every context at "
+                    "once. K members spread along the front of the first context are BN-calibrated on "
+                    "training images, measured here (top-1 on the test split, latency median/p95 per "
+                    "context), and any member the measurements show dominated is dropped. Latency comes from "
+                    "a profile directory (`dynadnn profile`) or is profiled on the fly; accuracy from a "
+                    "trained predictor directory or from one trained now on BN-calibrated evaluations of "
+                    "random members.")
+    p.add_argument("checkpoint", help="super-network checkpoint (.safetensors, OFA .pth, or zoo:NAME)")
+    p.add_argument("--contexts", default="cpu:1t,cpu:2t", help="comma-separated contexts (default cpu:1t,cpu:2t)")
+    p.add_argument("--members", type=int, default=8, help="family size before dropping dominated members (default 8)")
+    p.add_argument("--out", required=True, help="family directory to write")
+    p.add_argument("--profile", help="profile directory from `dynadnn profile` (default: profile now into OUT/profile)")
+    p.add_argument("--predictor", help="accuracy predictor directory (default: train one now into OUT/predictor)")
+    p.add_argument("--samples", type=int, default=300, help="random members measured to train the predictor (default 300)")
+    p.add_argument("--data", help="dataset for calibration and evaluation (default: the checkpoint's, else animals)")
+    p.add_argument("--calib-images", type=int, default=1000, help="training images for BN calibration (default 1000)")
+    p.add_argument("--eval-images", type=int, default=1000,
+                   help="test images per member when measuring the predictor's training set (default 1000; "
+                        "family members are measured on the whole test split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Measuring members
+# ------------------------------------------------------------------------------------------------------
+def measure_top1(net, arch, data, calib: list, bn_stats=None, limit: int | None = None) -> tuple[float, dict]:
+    """BN-calibrate `arch` on `calib` (training images) unless stats are given, then top-1 (%) on the
+    test split (its first `limit` images when given: the same ones for every member) at the member's
+    resolution."""
+    import torch
+
+    from ..data import resize_batch
+
+    with torch.no_grad():
+        if bn_stats is None:
+            bn_stats = net.calibrate_bn(arch, [resize_batch(x, arch.r) for x in calib])
+        plan = net.plan(arch, bn_stats, fold_bn=True)
+        from ..supernet.network import run_plan
+
+        correct = total = 0
+        for x, y in data.test_batches(500):
+            if limit is not None and total >= limit:
+                break
+            if limit is not None:
+                x, y = x[: limit - total], y[: limit - total]
+            out = run_plan(plan, resize_batch(x, arch.r))
+            correct += int((out.argmax(1) == y).sum())
+            total += len(y)
+    return 100.0 * correct / max(total, 1), bn_stats
+
+
+def train_predictor(net, data, calib, n: int, seed: int, out: Path, limit: int | None = None):
+    """Measure `n` random members (uniform per choice) and fit an accuracy predictor on them."""
+    from rich.progress import Progress
+
+    from ..predict.accuracy import AccuracyPredictor
+
+    space = net.space
+    rng = random.Random(seed)
+    archs = [space.min_arch(), space.max_arch()] + [space.sample(rng) for _ in range(max(0, n - 2))]
+    top1 = []
+    with Progress(transient=True) as bar:
+        task = bar.add_task("measuring members for the accuracy predictor", total=len(archs))
+        for a in archs:
+            top1.append(measure_top1(net, a, data, calib, limit=limit)[0])
+            bar.advance(task)
+    pred, report = AccuracyPredictor.fit(space, archs, top1, seed=seed)
+    pred.meta["samples"] = [{"arch": a.to_dict(), "top1": t} for a, t in zip(archs, top1)]
+    pred.save(out)
+    return pred, report
+
+
+def drop_dominated(rows: list[dict], contexts: list[str]) -> tuple[list[dict], list[dict]]:
+    """Split members into (kept, dropped): dropped ones have another member at least as accurate and at
+    least as fast in the given (measured) contexts, and strictly better somewhere. The CLI passes the
+    first context, the one the family is spread along, so accuracy rises with latency there."""
+    kept, dropped = [], []
+    for i, a in enumerate(rows):
+        dominated = False
+        for j, b in enumerate(rows):
+            if i == j:
+                continue
+            ge = b["top1"] >= a["top1"] and all(b["lat"][c] <= a["lat"][c] for c in contexts)
+            gt = b["top1"] > a["top1"] or any(b["lat"][c] < a["lat"][c] for c in contexts)
+            if ge and gt:
+                dominated = True
+                break
+        (dropped if dominated else kept).append(a)
+    return kept, dropped
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.progress import Progress
+
+    from ..data import load_dataset
+    from ..family import Family, Member, archive_entries, pick_spread, sha256_file
+    from ..predict.accuracy import AccuracyPredictor
+    from ..predict.flops import FlopsModel
+    from ..predict.latency import load_tables
+    from ..predict.profiling import context_device, time_members
+    from ..search import NSGA2Search, SearchProblem
+    from ..supernet.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from .profile import profile_device
+
+    contexts = [c.strip() for c in args.contexts.split(",") if c.strip()]
+    if not contexts:
+        raise UserError("--contexts: expected at least one context, e.g. cpu:1t,cpu:2t")
+    for c in contexts:
+        context_device(c)  # only locally measurable contexts: the family is measured here
+    if args.members < 2:
+        raise UserError("--members: a family needs at least 2 members")
+    out = Path(args.out)
+    ckpt_path = resolve_checkpoint_path(args.checkpoint)
+    net, meta = load_checkpoint(args.checkpoint, args.preset)
+    space = net.space
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+
+    # latency tables
+    if args.profile:
+        tables = load_tables(args.profile, space, contexts)
+        profile_dir = Path(args.profile)
+    else:
+        profile_dir = out / "profile"
+        print(f"profiling this device into {profile_dir}/ (pass --profile DIR to reuse one)")
+        profile_device(net, contexts, profile_dir, runs=50, warmup=5, members=60, member_runs=20,
+                       checkpoint=str(args.checkpoint))
+        tables = load_tables(profile_dir, space, contexts)
+
+    # accuracy
+    data_spec = args.data or meta.get("dataset") or "animals"
+    data = load_dataset(data_spec, image_size=max(space.resolutions), in_channels=space.in_channels)
+    calib = data.calibration_batches(args.calib_images, 200, seed=args.seed)
+    if args.predictor:
+        predictor = AccuracyPredictor.load(args.predictor, space)
+        fit = predictor.meta.get("fit", {})
+    else:
+        print(f"training an accuracy predictor on {args.samples} BN-calibrated members (pass --predictor DIR to reuse one)")
+        predictor, report = train_predictor(net, data, calib, args.samples, args.seed, out / "predictor",
+                                            args.eval_images)
+        fit = report.to_dict()
+        print(f"accuracy predictor: held-out RMSE {report.rmse:.2f} points, Kendall tau {report.kendall_tau:.3f} "
+              f"({report.n_train} train / {report.n_test} held out)")
+
+    # search: spread targets in the first context, refined by budget niches
+    problem = SearchProblem.from_predictors(predictor, tables)
+    c0 = contexts[0]
+    fastest = problem.fastest[c0]
+    slowest = float(tables[c0].predict([space.max_arch(max(problem.coding.resolutions))])[0])
+    targets = list(np.exp(np.linspace(np.log(fastest * 1.02), np.log(slowest), args.members)))
+    result = NSGA2Search(budgets={c0: targets}, seed=args.seed).search(problem)
+    front = result.front(c0)
+    picked_rows = []
+    for t in targets:
+        best = result.best_within(c0, t)
+        if best is not None and best[0] not in picked_rows:
+            picked_rows.append(best[0])
+    if len(picked_rows) < args.members:
+        extra = [int(front[i]) for i in pick_spread(result.latency[front, 0], result.accuracy[front], args.members)]
+        picked_rows += [r for r in extra if r not in picked_rows][: args.members - len(picked_rows)]
+    archs = result.archs()
+    flops = FlopsModel(space)
+
+    # calibrate and measure the picks here
+    rows = []
+    with Progress(transient=True) as bar:
+        task = bar.add_task("calibrating and measuring members", total=len(picked_rows))
+        for r in picked_rows:
+            arch = archs[r]
+            top1, stats = measure_top1(net, arch, data, calib)
+            lat = {}
+            for ctx in contexts:
+                t = time_members(net, [arch], ctx, runs=100, warmup=10)[0]
+                lat[ctx] = {"median": round(t.median, 4), "p95": round(t.p95, 4)}
+            rows.append({"arch": arch, "top1": top1, "stats": stats, "pred": float(result.accuracy[r]),
+                         "pred_lat": {c: float(result.latency[r, i]) for i, c in enumerate(contexts)},
+                         "lat_full": lat, "lat": {c: lat[c]["median"] for c in contexts}})
+            bar.advance(task)
+    kept, dropped = drop_dominated(rows, contexts[:1])
+    members = [Member(r["arch"], {k: v.detach().clone() for k, v in r["stats"].items()}, round(r["pred"], 4),
+                      round(r["top1"], 4), {c: round(v, 5) for c, v in r["pred_lat"].items()}, r["lat_full"],
+                      int(flops.macs(r["arch"])[0]), int(flops.params(r["arch"])[0])) for r in kept]
+    fam = Family(space.name, contexts, members, str(args.checkpoint), sha256_file(ckpt_path),
+                 archive_entries(archs, result.accuracy, {c: result.latency[:, i] for i, c in enumerate(contexts)}),
+                 {"command": "dynadnn search", "dataset": data_spec, "profile": str(profile_dir),
+                  "predictor_fit": fit, "search": {"evaluations": result.evaluations, "seconds": round(result.seconds, 3),
+                                                   "archive": len(archs), "targets_ms": [round(t, 4) for t in targets]},
+                  "dropped_dominated": [r["arch"].to_dict() for r in dropped],
+                  "seconds_total": round(time.perf_counter() - t_start, 1)})
+    fam.sort()
+    fam.save(out)
+
+    print(f"{'#':>2s} {'arch':44s} {'top1 meas':>9s} {'pred':>6s} " + " ".join(f"{c + ' ms':>12s}" for c in contexts)
+          + f" {'MMACs':>7s}")
+    for i, m in enumerate(fam.members):
+        print(f"{i:2d} {m.arch.short()[:44]:44s} {m.top1_measured:9.2f} {m.top1_predicted:6.2f} "
+              + " ".join(f"{m.latency_ms[c]['median']:12.3f}" for c in contexts) + f" {m.macs / 1e6:7.2f}")
+    if dropped:
+        print(f"dropped {len(dropped)} member(s) the measurements show dominated")
+    print(f"family of {len(fam.members)} written to {out}/ (archive of {len(archs)} non-dominated architectures)")
+    (out / "search.json").write_text(json.dumps({"predictor_fit": fit, "members": len(fam.members),
+                                                 "dropped": len(dropped)}, indent=1))
+    return 0

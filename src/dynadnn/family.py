@@ -1,0 +1,245 @@
+"""The family artifact: the Pareto set of sub-networks a runtime manager switches among.
+
+A family directory holds two files, written atomically (weights first, then the JSON that names their
+hash, so a reader never pairs a JSON with the wrong weights):
+
+* `family.json`: format version, preset, the super-network checkpoint (path and sha256), the hardware
+  contexts, provenance, and per member: architecture, predicted and measured top-1, predicted latency
+  and measured latency (median and p95, ms) per context, MACs and parameters; plus the full
+  non-dominated archive of the search (architecture, predicted top-1 and latency per context).
+* `family.safetensors`: each member's BN statistics calibrated for it, keys `m{i}/<bn key>` (e.g.
+  `m0/blocks.3.dw_bn.running_mean`).
+
+Members are kept ordered by their latency in the first context (fastest first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import UserError
+from .space import Arch, SearchSpace, load_space
+
+FORMAT = "dynadnn.family/1"
+JSON_NAME = "family.json"
+WEIGHTS_NAME = "family.safetensors"
+
+
+class FamilyError(UserError):
+    """A family directory that is missing, malformed or does not fit what it is used with."""
+
+
+class FamilyWarning(UserWarning):
+    """A family that loads but may not match (e.g. its checkpoint hash differs)."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Member:
+    """One sub-network of the family with its calibrated BN statistics and its metrics."""
+
+    arch: Arch
+    bn_stats: dict[str, Any] = field(default_factory=dict)  # name -> torch.Tensor
+    top1_predicted: float | None = None
+    top1_measured: float | None = None
+    latency_predicted_ms: dict[str, float] = field(default_factory=dict)
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # context -> {"median", "p95"}
+    macs: int = 0
+    params: int = 0
+
+    @property
+    def top1(self) -> float | None:
+        """Measured top-1 (percent) when there is one, else the predicted one."""
+        return self.top1_measured if self.top1_measured is not None else self.top1_predicted
+
+    def latency(self, context: str, stat: str = "median") -> float:
+        """Measured latency in a context, else the predicted one (ms)."""
+        if context in self.latency_ms:
+            return float(self.latency_ms[context][stat])
+        if context in self.latency_predicted_ms:
+            return float(self.latency_predicted_ms[context])
+        raise FamilyError(f"member {self.arch.short()} has no latency for context '{context}'")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arch": self.arch.to_dict(), "top1_predicted": self.top1_predicted, "top1_measured": self.top1_measured,
+                "latency_predicted_ms": self.latency_predicted_ms, "latency_ms": self.latency_ms,
+                "macs": int(self.macs), "params": int(self.params)}
+
+
+@dataclass
+class Family:
+    preset: str
+    contexts: list[str]
+    members: list[Member]
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    archive: list[dict[str, Any]] = field(default_factory=list)  # {"arch", "top1_predicted", "latency_predicted_ms"}
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def space(self) -> SearchSpace:
+        return load_space(self.preset)
+
+    def sort(self) -> None:
+        if self.contexts and self.members:
+            self.members.sort(key=lambda m: m.latency(self.contexts[0]))
+
+    # --- writing --------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write `family.safetensors` then `family.json`, each atomically."""
+        import torch
+        from safetensors.torch import save_file
+
+        from .supernet.checkpoint import atomic_write
+
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FamilyError(f"{directory}: cannot create the family directory ({exc.strerror})") from None
+        self._validate_members()
+        tensors = {}
+        for i, m in enumerate(self.members):
+            for key, value in m.bn_stats.items():
+                tensors[f"m{i}/{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+        weights = directory / WEIGHTS_NAME
+        atomic_write(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+        doc = {
+            "format": FORMAT, "preset": self.preset, "contexts": list(self.contexts),
+            "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
+            "weights_sha256": sha256_file(weights),
+            "provenance": {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.provenance},
+            "members": [m.to_json() for m in self.members],
+            "archive": self.archive,
+        }
+        text = json.dumps(doc, indent=1)
+        atomic_write(directory / JSON_NAME, lambda p: Path(p).write_text(text))
+        return directory
+
+    def _validate_members(self) -> None:
+        space = self.space
+        for i, m in enumerate(self.members):
+            space.validate(m.arch)
+            for ctx in self.contexts:
+                if ctx not in m.latency_ms and ctx not in m.latency_predicted_ms:
+                    raise FamilyError(f"family member {i}: no latency for context '{ctx}'")
+
+    # --- reading --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, directory: str | Path, preset: str | None = None, checkpoint: str | Path | None = None) -> "Family":
+        """Read and validate a family. `preset`: refuse a family of another preset. `checkpoint`: warn when
+        its sha256 differs from the one the family was built from."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        jpath, wpath = directory / JSON_NAME, directory / WEIGHTS_NAME
+        if not jpath.is_file():
+            raise FamilyError(f"'{directory}' is not a family directory (no {JSON_NAME})")
+        try:
+            doc = json.loads(jpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise FamilyError(f"{jpath}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(doc, dict):
+            raise FamilyError(f"{jpath}: expected a JSON object")
+        if doc.get("format") != FORMAT:
+            raise FamilyError(f"{jpath}: field 'format' is {doc.get('format')!r}; this dynadnn reads '{FORMAT}'")
+        fam_preset = doc.get("preset")
+        if not isinstance(fam_preset, str):
+            raise FamilyError(f"{jpath}: field 'preset' missing or not a string")
+        if preset is not None and fam_preset != preset:
+            raise FamilyError(f"{jpath}: family is for preset '{fam_preset}', not '{preset}'")
+        try:
+            space = load_space(fam_preset)
+        except UserError as exc:
+            raise FamilyError(f"{jpath}: field 'preset': {exc}") from None
+        contexts = doc.get("contexts")
+        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+            raise FamilyError(f"{jpath}: field 'contexts' must be a list of context names")
+        members_doc = doc.get("members")
+        if not isinstance(members_doc, list) or not members_doc:
+            raise FamilyError(f"{jpath}: field 'members' must be a non-empty list")
+        if not wpath.is_file():
+            raise FamilyError(f"{directory}: {WEIGHTS_NAME} is missing (the members' BN statistics)")
+        if doc.get("weights_sha256") and sha256_file(wpath) != doc["weights_sha256"]:
+            raise FamilyError(f"{wpath}: does not match {JSON_NAME} (field 'weights_sha256'); re-run the search")
+        try:
+            tensors = load_file(str(wpath))
+        except (SafetensorError, OSError) as exc:
+            raise FamilyError(f"{wpath}: not a readable safetensors file ({exc})") from None
+        members = []
+        for i, md in enumerate(members_doc):
+            where = f"{jpath}: members[{i}]"
+            if not isinstance(md, dict) or "arch" not in md:
+                raise FamilyError(f"{where}: expected an object with 'arch'")
+            try:
+                arch = space.validate(Arch.from_dict(md["arch"]))
+            except UserError as exc:
+                raise FamilyError(f"{where}: {exc}") from None
+            prefix = f"m{i}/"
+            stats = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            lat = md.get("latency_ms") or {}
+            for ctx, v in lat.items():
+                if not isinstance(v, dict) or "median" not in v or "p95" not in v:
+                    raise FamilyError(f"{where}: field 'latency_ms.{ctx}' must have 'median' and 'p95'")
+            members.append(Member(arch, stats, _num(md.get("top1_predicted")), _num(md.get("top1_measured")),
+                                  {k: float(v) for k, v in (md.get("latency_predicted_ms") or {}).items()},
+                                  {k: {s: float(x) for s, x in v.items()} for k, v in lat.items()},
+                                  int(md.get("macs", 0)), int(md.get("params", 0))))
+        ck = doc.get("checkpoint") or {}
+        fam = cls(fam_preset, contexts, members, str(ck.get("path", "")), str(ck.get("sha256", "")),
+                  doc.get("archive") or [], doc.get("provenance") or {})
+        try:
+            fam._validate_members()
+        except UserError as exc:
+            raise FamilyError(f"{jpath}: {exc}") from None
+        if checkpoint is not None and fam.checkpoint_sha256:
+            from .supernet.checkpoint import resolve_checkpoint_path
+
+            actual = sha256_file(resolve_checkpoint_path(checkpoint))
+            if actual != fam.checkpoint_sha256:
+                warnings.warn(f"{jpath}: built from checkpoint sha256 {fam.checkpoint_sha256[:12]}..., but "
+                              f"'{checkpoint}' has {actual[:12]}...; members' accuracy may differ", FamilyWarning,
+                              stacklevel=2)
+        return fam
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def pick_spread(latency: Sequence[float], accuracy: Sequence[float], k: int) -> list[int]:
+    """Indices of `k` points of a front spread evenly in log-latency (not k neighbours): the fastest, the
+    most accurate, and the points nearest to evenly spaced targets in between, without repeats."""
+    import numpy as np
+
+    lat = np.asarray(latency, float)
+    n = len(lat)
+    if n <= k:
+        return list(np.argsort(lat))
+    order = np.argsort(lat)
+    targets = np.exp(np.linspace(np.log(lat[order[0]]), np.log(lat[order[-1]]), k))
+    chosen: list[int] = []
+    for t in targets:
+        left = [i for i in order if i not in chosen]
+        chosen.append(min(left, key=lambda i: abs(np.log(lat[i]) - np.log(t))))
+    return sorted(chosen, key=lambda i: lat[i])
+
+
+def archive_entries(archs: Sequence[Arch], top1: Sequence[float], latency: Mapping[str, Sequence[float]]) -> list[dict]:
+    return [{"arch": a.to_dict(), "top1_predicted": round(float(top1[i]), 4),
+             "latency_predicted_ms": {c: round(float(v[i]), 5) for c, v in latency.items()}}
+            for i, a in enumerate(archs)]
