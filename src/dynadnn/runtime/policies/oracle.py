@@ -14,16 +14,21 @@ from .base import Policy
 class OraclePolicy(Policy):
     name = "oracle"
 
-    def __init__(self, phase_at: Callable[[float], object], p95_by_phase: Mapping[object, Sequence[float]],
-                 lookahead_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, phase_at: Callable[[float], object] | None, p95_by_phase: Mapping[object, Sequence[float]],
+                 lookahead_s: float = 0.0, clock: Callable[[], float] = time.perf_counter):
         """`phase_at(t)` names the phase at manager time t; `p95_by_phase[phase][option]` is that option's
-        measured p95 (ms) in the phase. Times are the manager's clock (`clock`, monotonic seconds)."""
+        measured p95 (ms) in the phase. Times are the manager's clock (`clock`: time.perf_counter seconds)."""
         super().__init__()
         self.phase_at = phase_at
         self.p95_by_phase = p95_by_phase
         self.lookahead_s = lookahead_s
         self.clock = clock
         self._cache: dict = {}
+
+    def bind(self, phase_at: Callable[[float], object]) -> None:
+        """Read the schedule from here (the scenario runner's `phase_at`, once it has started)."""
+        self.phase_at = phase_at
+        self._cache.clear()
 
     def choose(self, phase: object, targets: Targets) -> int:
         key = (phase, targets)
@@ -40,6 +45,8 @@ class OraclePolicy(Policy):
         return choice
 
     def initial(self, targets: Targets) -> int:
+        if self.phase_at is None:  # not bound yet: the first phase of the table
+            return self.choose(next(iter(self.p95_by_phase)), targets)
         return self.choose(self.phase_at(self.clock() + self.lookahead_s), targets)
 
     def step(self, t: float, latency_ms: float, option: int, targets: Targets,

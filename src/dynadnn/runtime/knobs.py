@@ -1,0 +1,192 @@
+"""What the manager turns: which member runs, on how many intra-op threads, on which backend, pinned to
+which CPUs.
+
+A `Runner` is one member compiled for one backend and thread count, ready to call. Backends:
+- `torch`: the member from `dynadnn.dynamic.DynamicNetwork` (BN folded, channels-last, TorchScript when it
+  compiles); threads through `torch.set_num_threads`, which is process-wide, so it is set only when the
+  running option changes.
+- `ort`: ONNX Runtime. Each member is exported to ONNX once (`torch.onnx.export(..., dynamo=False)`: the
+  TorchScript-based exporter needs only `onnx`) and gets one `InferenceSession` per thread count, with
+  spinning disabled so idle pool threads do not burn the CPU the competitors and we share. At batch 1 on
+  these small networks ORT was measured 4-20x faster than torch eager here.
+`profile_runner` measures a runner the way the manager uses it, and `build_options` keeps, per member and
+thread count, whichever backend was faster at load: those are the policies' options.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .options import Option
+
+BACKENDS = ("torch", "ort")
+
+
+def resize(x: Tensor, r: int) -> Tensor:
+    if x.shape[-1] == r and x.shape[-2] == r:
+        return x
+    return F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+
+
+class Runner:
+    """One member on one backend at one thread count. `__call__(x)` takes an NCHW float batch at any
+    resolution (a {resolution: batch} mapping avoids the resize) and returns logits as a tensor."""
+
+    backend = "?"
+
+    def __init__(self, member: int, r: int, threads: int):
+        self.member, self.r, self.threads = member, r, threads
+
+    def input(self, x) -> Tensor:
+        if isinstance(x, dict):
+            got = x.get(self.r)
+            return got if got is not None else resize(next(iter(x.values())), self.r)
+        return resize(x, self.r)
+
+    def close(self) -> None:
+        pass
+
+
+class TorchRunner(Runner):
+    backend = "torch"
+
+    def __init__(self, member: int, module: Callable[[Tensor], Tensor], r: int, threads: int, channels_last: bool = True):
+        super().__init__(member, r, threads)
+        self.module, self.channels_last = module, channels_last
+
+    def __call__(self, x) -> Tensor:
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        xi = self.input(x)
+        if self.channels_last:
+            xi = xi.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.module(xi)
+
+
+def export_onnx(model: torch.nn.Module, r: int, in_channels: int) -> bytes:
+    """The member as an ONNX graph (opset 17, dynamic batch)."""
+    buf = io.BytesIO()
+    example = torch.zeros(1, in_channels, r, r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
+    return buf.getvalue()
+
+
+class OrtRunner(Runner):
+    backend = "ort"
+
+    def __init__(self, member: int, onnx_bytes: bytes, r: int, threads: int):
+        import onnxruntime as ort
+
+        super().__init__(member, r, threads)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        self._run = self.session.run
+
+    def __call__(self, x) -> Tensor:
+        xi = self.input(x)
+        arr = xi.numpy() if xi.is_contiguous() else xi.contiguous().numpy()
+        return torch.from_numpy(self._run(None, {"x": arr})[0])
+
+    def close(self) -> None:
+        self.session = None
+        self._run = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    p50_ms: float
+    p95_ms: float
+    n: int
+
+
+def profile_runner(runner: Runner, x: Tensor, n: int = 40, warmup: int = 5) -> Profile:
+    """Latency of `runner` on `x` as the manager measures it (resize included)."""
+    for _ in range(warmup):
+        runner(x)
+    lat = np.empty(n)
+    for k in range(n):
+        t0 = time.perf_counter()
+        runner(x)
+        lat[k] = (time.perf_counter() - t0) * 1e3
+    return Profile(float(np.percentile(lat, 50)), float(np.percentile(lat, 95)), n)
+
+
+def screen(cands: list[Runner], x: Tensor, n: int = 5, keep_within: float = 1.5) -> list[Runner]:
+    """Drop backends that are clearly slower for this member and thread count after a few runs (torch
+    at 2 threads under load can take 100x longer than ORT: not worth measuring at length)."""
+    if len(cands) < 2:
+        return cands
+    medians = []
+    for rn in cands:
+        for _ in range(3):
+            rn(x)
+        lat = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            rn(x)
+            lat.append(time.perf_counter() - t0)
+        medians.append(float(np.median(lat)))
+    best = min(medians)
+    kept = [rn for rn, m in zip(cands, medians) if m <= keep_within * best]
+    for rn in cands:
+        if rn not in kept:
+            rn.close()
+    return kept
+
+
+def build_options(candidates: dict[tuple[int, int], list[Runner]], top1: Sequence[float], names: Sequence[str],
+                  x: Tensor, n: int = 40) -> tuple[tuple[Option, ...], list[Runner], list[dict]]:
+    """Measure every candidate runner for each (member, threads) and keep the faster backend (by median).
+    Runners of one thread count are measured round-robin, so a passing load spike hits all of them alike.
+    Returns the options, the runner for each option (same order) and all measurements (for the log)."""
+    candidates = {key: screen(cands, x) for key, cands in candidates.items()}
+    by_threads: dict[int, list[Runner]] = {}
+    for (member, threads), cands in candidates.items():
+        by_threads.setdefault(threads, []).extend(cands)
+    samples: dict[int, list[float]] = {}
+    for threads, runners_t in sorted(by_threads.items()):
+        for rn in runners_t:
+            for _ in range(5):
+                rn(x)
+            samples[id(rn)] = []
+        for _ in range(n):
+            for rn in runners_t:
+                t0 = time.perf_counter()
+                rn(x)
+                samples[id(rn)].append((time.perf_counter() - t0) * 1e3)
+    options, runners, report = [], [], []
+    for (member, threads), cands in sorted(candidates.items()):
+        measured = []
+        for rn in cands:
+            lat = np.asarray(samples[id(rn)])
+            prof = Profile(float(np.percentile(lat, 50)), float(np.percentile(lat, 95)), len(lat))
+            measured.append((prof, rn))
+            report.append({"member": member, "threads": threads, "backend": rn.backend, "p50_ms": prof.p50_ms,
+                           "p95_ms": prof.p95_ms})
+        prof, best = min(measured, key=lambda pr: pr[0].p50_ms)
+        for _, rn in measured:
+            if rn is not best:
+                rn.close()
+        options.append(Option(member=member, threads=threads, backend=best.backend, top1=float(top1[member]),
+                              p50_ms=prof.p50_ms, p95_ms=prof.p95_ms, name=names[member]))
+        runners.append(best)
+    return tuple(options), runners, report

@@ -1,0 +1,238 @@
+"""The `RuntimeManager`: a family's members resident and warm on every backend and thread count worth
+having, a latency monitor updated at every inference, a background system monitor, and a policy that
+picks the option for the next inference.
+
+    mgr = RuntimeManager(load_family("zoo:animals"), policy="feedback", targets=Targets(deadline_ms=5))
+    logits = mgr.predict(images)          # runs the current option, measures, lets the policy decide
+    mgr.set_targets(deadline_ms=3.0)      # from any thread, at any time
+    mgr.close()                           # joins the monitor thread, drops the ORT sessions
+
+Thread safety: `predict` is meant to be called from one serving thread. Targets are an immutable object
+replaced by reference (readers never lock). The event log is append-only.
+
+Faults never stop the serving: a failing system-monitor read is logged and the policy stops trusting its
+samples; an actuator that raises (e.g. affinity refused) is logged and the manager falls back to the
+safe option (the fastest one) without that actuator; an inference that raises is logged, the frame is
+re-run on the safe option, and the policy is told to start again from there.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..platform.local import LocalPlatform, cpu_count
+from .knobs import BACKENDS, OrtRunner, Runner, TorchRunner, build_options, export_onnx
+from .members import FamilySource
+from .monitors import LatencyMonitor, SystemMonitor
+from .options import Option, Targets, fastest
+from .policies import Policy, make_policy
+
+clock = time.perf_counter
+
+
+class InferenceFailed(RuntimeError):
+    """Even the safe option could not run the frame."""
+
+
+class RuntimeManager:
+    def __init__(self, source: FamilySource, policy: Policy | str = "feedback", targets: Targets | None = None, *,
+                 threads: Sequence[int] | None = None, backends: Sequence[str] = BACKENDS,
+                 platform: LocalPlatform | None = None, system_period_s: float = 0.1,
+                 system_reader: Callable | None = None, profile_frames: int = 40, pin_affinity: bool = False,
+                 record: bool = True, progress: Callable[[str], None] | None = None):
+        for b in backends:
+            if b not in BACKENDS:
+                raise UserError(f"backend '{b}': expected one of {', '.join(BACKENDS)}")
+        self.source = source
+        self.platform = platform or LocalPlatform()
+        self.threads = tuple(sorted(set(threads))) if threads else tuple(range(1, min(cpu_count(), 4) + 1))
+        self.pin_affinity = pin_affinity
+        self._targets = (targets or Targets()).validate()
+        self.events: list[dict[str, Any]] = []
+        self.t0 = clock()
+        self.record = record
+        self.records: list[tuple[float, int, float, float, float]] = []  # (clock t, option, latency_ms, decision_us, deadline_ms)
+        self._closed = False
+        say = progress or (lambda msg: None)
+
+        # --- members resident on every backend x thread count, then measured: the options ----------
+        self._torch_threads_before = torch.get_num_threads()
+        space = source.supernet.space
+        self.in_channels = space.in_channels
+        candidates: dict[tuple[int, int], list[Runner]] = {}
+        dyn = None
+        if "torch" in backends:
+            from ..dynamic import DynamicNetwork
+
+            say("building torch members")
+            dyn = DynamicNetwork(source.supernet, source.archs, bn_stats=source.bn_stats)
+        onnx_models: list[bytes | None] = [None] * len(source.archs)
+        if "ort" in backends:
+            say("exporting members to ONNX")
+            for i, (arch, bn) in enumerate(zip(source.archs, source.bn_stats)):
+                try:
+                    onnx_models[i] = export_onnx(source.supernet.extract(arch, bn_stats=bn).fuse(), arch.r, self.in_channels)
+                except Exception as exc:  # noqa: BLE001 - torch still serves this member
+                    self._log("export_failed", member=i, error=f"{type(exc).__name__}: {exc}")
+        for i, arch in enumerate(source.archs):
+            for t in self.threads:
+                cands: list[Runner] = []
+                if dyn is not None:
+                    m = dyn.members[i]
+                    cands.append(TorchRunner(i, m.module, arch.r, t, channels_last=m.channels_last))
+                if onnx_models[i] is not None:
+                    cands.append(OrtRunner(i, onnx_models[i], arch.r, t))
+                if not cands:
+                    raise UserError(f"member {i}: no backend could run it (backends: {', '.join(backends)})")
+                candidates[(i, t)] = cands
+        say("measuring every member on every backend and thread count")
+        example = torch.randn(1, self.in_channels, max(a.r for a in source.archs), max(a.r for a in source.archs))
+        self.options, self.runners, report = build_options(candidates, source.top1, source.names, example,
+                                                           n=profile_frames)
+        self._log("profiled", measurements=report)
+        self.safe = fastest(self.options)
+
+        # --- monitors and policy ---------------------------------------------------------------------
+        self.monitor = LatencyMonitor()
+        self.system = SystemMonitor(period_s=system_period_s, n_cpus=self.platform.n_cpus,
+                                    on_event=lambda kind, detail: self._log(kind, **detail),
+                                    **({"reader": system_reader} if system_reader else {}))
+        self.system.start()
+        self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.current = self.policy.reset(self.options, self._targets)
+        self._apply(self.current, initial=True)
+        self._log("ready", policy=self.policy.name, options=[o.label() for o in self.options],
+                  current=self.options[self.current].label(), targets=self._targets.__dict__)
+
+    # --- targets --------------------------------------------------------------------------------------
+    @property
+    def targets(self) -> Targets:
+        return self._targets
+
+    def set_targets(self, targets: Targets | None = None, **changes) -> Targets:
+        """Replace the targets (whole, or some fields); safe from any thread, effective next inference."""
+        new = (targets or self._targets).with_(**changes).validate()
+        self._targets = new
+        self._log("targets", **new.__dict__)
+        return new
+
+    # --- events ---------------------------------------------------------------------------------------
+    def _log(self, kind: str, **detail) -> None:
+        self.events.append({"t": clock(), "kind": kind, **detail})
+
+    # --- knobs ----------------------------------------------------------------------------------------
+    def _apply(self, idx: int, initial: bool = False) -> int:
+        """Turn the knobs for option idx; on an actuator failure fall back to the safe option."""
+        opt = self.options[idx]
+        try:
+            if opt.backend == "torch":
+                self.platform.set_torch_threads(opt.threads)
+            if self.pin_affinity:
+                self.platform.set_affinity(self.platform.cpus[:opt.threads])
+        except Exception as exc:  # noqa: BLE001 - an actuator must not stop the serving
+            self._log("actuator_failed", option=opt.label(), error=f"{type(exc).__name__}: {exc}")
+            if self.pin_affinity:
+                self.pin_affinity = False
+                self._log("fallback", reason="affinity disabled after a failure", option=self.options[self.safe].label())
+            idx = self.safe
+            self.policy.force(idx)
+        self.current = idx
+        return idx
+
+    # --- serving --------------------------------------------------------------------------------------
+    def predict(self, x) -> torch.Tensor:
+        """Logits for an image batch (NCHW at any resolution, or a {resolution: batch} mapping)."""
+        t0 = clock()
+        idx = self.current
+        runner = self.runners[idx]
+        targets = self._targets
+        t1 = clock()
+        try:
+            y = runner(x)
+        except Exception as exc:  # noqa: BLE001 - keep serving on the safe option
+            y, idx = self._recover(x, idx, exc)
+        t2 = clock()
+        lat = (t2 - t1) * 1e3
+        opt = self.options[idx]
+        deadline = targets.effective_deadline_ms()
+        self.monitor.update(lat, opt.p50_ms, deadline)
+        nxt = self.policy.step(t2, lat, idx, targets, self.system.sample)
+        if nxt != self.current:
+            before = self.options[self.current].label()
+            nxt = self._apply(nxt)
+            self._log("switch", frm=before, to=self.options[nxt].label(), policy=self.policy.name,
+                      latency_ms=lat, ewma_ms=self.monitor.ewma_ms)
+        t3 = clock()
+        if self.record:
+            self.records.append((t1, idx, lat, ((t1 - t0) + (t3 - t2)) * 1e6, deadline))
+        return y
+
+    def _recover(self, x, idx: int, exc: Exception):
+        self._log("inference_failed", option=self.options[idx].label(), error=f"{type(exc).__name__}: {exc}")
+        safe = self.safe
+        if safe == idx:
+            raise InferenceFailed(f"the safe option {self.options[safe].label()} failed: {exc}") from exc
+        self._log("fallback", reason="inference failed", option=self.options[safe].label())
+        self.policy.force(safe)
+        self.current = self._apply(safe)
+        try:
+            return self.runners[safe](x), safe
+        except Exception as exc2:  # noqa: BLE001
+            raise InferenceFailed(f"the safe option {self.options[safe].label()} failed too: {exc2}") from exc2
+
+    # --- policy and runs ------------------------------------------------------------------------------
+    def set_policy(self, policy: Policy | str) -> Policy:
+        """Start a (new) policy from scratch; the next inference follows it."""
+        pol = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy = pol
+        self.monitor = LatencyMonitor()
+        self.current = self._apply(pol.reset(self.options, self._targets))
+        self._log("policy", policy=pol.name, current=self.options[self.current].label())
+        return pol
+
+    def reset_records(self) -> None:
+        self.records = []
+
+    def on_scenario(self, runner) -> None:
+        """A scenario started: a policy that knows the schedule (the oracle) is told where to read it."""
+        bind = getattr(self.policy, "bind", None)
+        if bind is not None:
+            bind(runner.phase_at)
+            self.current = self._apply(self.policy.reset(self.options, self._targets))
+        self._log("scenario", name=runner.scenario.name, duration_s=runner.duration_s)
+
+    # --- reports --------------------------------------------------------------------------------------
+    def decision_us(self) -> np.ndarray:
+        return np.asarray([r[3] for r in self.records])
+
+    def describe(self) -> dict:
+        return {"policy": self.policy.describe(), "targets": self._targets.__dict__,
+                "options": [o.__dict__ | {"label": o.label()} for o in self.options],
+                "members": [{"name": n, "arch": a.to_dict(), "top1": t} for n, a, t in
+                            zip(self.source.names, self.source.archs, self.source.top1)],
+                "origin": self.source.origin, "platform": self.platform.describe()}
+
+    # --- lifetime -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.system.stop()
+        for rn in self.runners:
+            rn.close()
+        if self.pin_affinity:
+            self.platform.restore_affinity()
+        torch.set_num_threads(self._torch_threads_before)
+        self._log("closed")
+
+    def __enter__(self) -> "RuntimeManager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,122 @@
+"""Where the manager's members come from: a family directory (the search's artifact), or, when there is
+none, a default hand-picked ladder from a super-network checkpoint (`zoo:animals`, a path), or
+`random:PRESET` (a randomly initialised super-network: latency is real, accuracy is chance; for tests).
+
+Hand-picked members step every elastic dimension together from the smallest to the largest network
+(depth, expand ratio, kernel size, resolution), each BN-calibrated on training images (OFA's recipe) and
+its top-1 measured on the dataset's test split, so the ladder is monotone in cost and, for a trained
+super-network, in accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from ..space import Arch, SearchSpace
+from ..supernet import SuperNet
+
+
+@dataclass
+class FamilySource:
+    supernet: SuperNet
+    archs: list[Arch]
+    bn_stats: list[dict[str, Tensor]]
+    top1: list[float]
+    names: list[str]
+    dataset: str
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+def _pick(choices: tuple, frac: float):
+    return choices[min(len(choices) - 1, int(round(frac * (len(choices) - 1))))]
+
+
+def hand_picked_archs(space: SearchSpace, k: int = 5) -> list[Arch]:
+    """`k` architectures from the smallest to the largest, every dimension growing together."""
+    if k < 2:
+        raise UserError(f"members: expected at least 2 hand-picked members, got {k}")
+    archs: list[Arch] = []
+    for j in range(k):
+        f = j / (k - 1)
+        arch = Arch((_pick(space.ks_choices, f),) * space.n_blocks, (_pick(space.e_choices, f),) * space.n_blocks,
+                    (_pick(space.d_choices, f),) * space.n_stages, _pick(space.resolutions, f))
+        arch = space.canonical(arch)
+        if arch not in archs:
+            archs.append(arch)
+    return archs
+
+
+@torch.inference_mode()
+def measure_top1(supernet: SuperNet, arch: Arch, bn_stats: dict[str, Tensor], data, batch: int = 500) -> float:
+    """Top-1 (percent) of a member on the dataset's test split at the member's resolution."""
+    from ..data import resize_batch
+
+    net = supernet.extract(arch, bn_stats=bn_stats).fuse().eval()
+    correct = total = 0
+    for x, y in data.test_batches(batch):
+        pred = net(resize_batch(x, arch.r)).argmax(1)
+        correct += int((pred == y).sum())
+        total += int(y.numel())
+    return 100.0 * correct / max(total, 1)
+
+
+def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: int = 1000) -> FamilySource:
+    """Members from a family directory, a checkpoint (`zoo:NAME` or a path) or `random:PRESET`."""
+    from ..data import load_dataset
+    from ..dynamic import calibrate_members
+
+    path = Path(spec)
+    if path.is_dir() and (path / "family.json").is_file():
+        from ..family import Family
+        from ..supernet.checkpoint import load_checkpoint
+
+        fam = Family.load(path)
+        if not fam.checkpoint:
+            raise UserError(f"{path / 'family.json'}: field 'checkpoint.path' is empty; cannot rebuild members")
+        ck = fam.checkpoint
+        if not ck.startswith("zoo:") and not Path(ck).is_absolute() and not Path(ck).exists():
+            ck = str((path / ck).resolve())
+        supernet, meta = load_checkpoint(ck, preset=fam.preset)
+        dataset = meta.get("dataset", fam.provenance.get("dataset", dataset)) or dataset
+        archs = [m.arch for m in fam.members]
+        bn = [dict(m.bn_stats) for m in fam.members]
+        data = None
+        top1 = []
+        for m, a, b in zip(fam.members, archs, bn):
+            if m.top1 is None:
+                data = data or load_dataset(dataset)
+                top1.append(measure_top1(supernet, a, b, data))
+            else:
+                top1.append(float(m.top1))
+        names = [f"m{i}" for i in range(len(archs))]
+        return FamilySource(supernet.eval(), archs, bn, top1, names, dataset,
+                            {"kind": "family", "path": str(path), "checkpoint": fam.checkpoint})
+    if spec.startswith("random:"):
+        from ..space import load_space
+
+        torch.manual_seed(0)
+        supernet = SuperNet(load_space(spec[len("random:"):])).eval()
+        origin = {"kind": "random", "preset": supernet.space.name}
+    else:
+        from ..supernet.checkpoint import load_checkpoint
+
+        if not spec.startswith("zoo:") and not path.exists():
+            raise UserError(f"family '{spec}': not a family directory, a checkpoint file, zoo:NAME or random:PRESET")
+        supernet, meta = load_checkpoint(spec)
+        dataset = meta.get("dataset", dataset) or dataset
+        origin = {"kind": "hand-picked", "checkpoint": spec}
+    data = load_dataset(dataset)
+    if data.in_channels != supernet.space.in_channels:
+        raise UserError(f"dataset '{dataset}' has {data.in_channels} channels; preset '{supernet.space.name}' "
+                        f"expects {supernet.space.in_channels}")
+    archs = hand_picked_archs(supernet.space, k)
+    bn = calibrate_members(supernet, archs, data.calibration_batches(calib_images))
+    top1 = [measure_top1(supernet, a, b, data) for a, b in zip(archs, bn)]
+    names = [f"m{i}" for i in range(len(archs))]
+    return FamilySource(supernet, archs, bn, top1, names, dataset, origin)

@@ -1,0 +1,68 @@
+"""A stream of frames from a dataset's test split, served by a manager at a target rate while a
+scenario runs: the experiment behind `dynadnn run` and `benchmarks/contention.py`.
+
+Frames are released periodically (`fps`); a frame that is late starts at once and the schedule restarts
+from it (no catch-up bursts). Images are pre-resized to every member's resolution once, so the latency
+measured is the network's, not the resize's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..data import resize_batch
+from .manager import RuntimeManager
+from .scenario import Scenario, ScenarioRunner
+from .trace import Trace
+
+clock = time.perf_counter
+
+
+@dataclass
+class Frames:
+    """Test images, one per frame, pre-resized: `by_r[r][k]` is frame k at resolution r (1, C, r, r)."""
+
+    by_r: dict[int, torch.Tensor]
+    labels: torch.Tensor
+
+    @classmethod
+    def from_dataset(cls, data, resolutions, limit: int = 2000) -> "Frames":
+        x = data.test_x[:limit]
+        return cls({r: resize_batch(x, r).contiguous() for r in sorted(set(resolutions))}, data.test_y[:limit])
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def frame(self, k: int) -> dict[int, torch.Tensor]:
+        k %= len(self)
+        return {r: x[k:k + 1] for r, x in self.by_r.items()}
+
+
+def run_stream(manager: RuntimeManager, frames: Frames, scenario: Scenario, duration_s: float, fps: float,
+               progress=None) -> Trace:
+    """Serve frames at `fps` for `duration_s` seconds while `scenario` runs; return the trace."""
+    manager.reset_records()
+    period = 1.0 / fps
+    correct: list[bool] = []
+    with ScenarioRunner(scenario, duration_s) as sc:
+        manager.on_scenario(sc)
+        k = 0
+        next_t = clock()
+        while not sc.done:
+            now = clock()
+            if now < next_t:
+                time.sleep(next_t - now)
+            else:
+                next_t = now
+            next_t += period
+            logits = manager.predict(frames.frame(k))
+            correct.append(bool(int(logits.argmax(1)[0]) == int(frames.labels[k % len(frames)])))
+            k += 1
+            if progress is not None and k % 50 == 0:
+                progress(min(1.0, (clock() - sc.t_start) / duration_s))
+        if sc.error is not None:
+            raise sc.error
+        return Trace.from_run(manager, sc, correct, fps)

@@ -1,0 +1,163 @@
+"""What a run leaves behind: `trace.json` (per frame: time, phase, member, threads, backend, latency,
+deadline met, the member's accuracy, whether the prediction was right; plus the options, the phases as
+planned and as they happened, the event log and a summary), `trace.png` (latency against the deadline
+over time, switches marked, competitor phases shaded: Dynamic-OFA's Fig. 7 style) and a summary table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..supernet.checkpoint import atomic_write
+
+
+@dataclass
+class Trace:
+    policy: str
+    fps: float
+    options: list[dict[str, Any]]
+    phases: list[dict[str, Any]]
+    frames: dict[str, list]          # column-wise: t, phase, option, latency_ms, deadline_ms, decision_us, correct
+    events: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, manager, runner, correct: list[bool], fps: float) -> "Trace":
+        t_start = runner.t_start
+        recs = manager.records
+        n = min(len(recs), len(correct))
+        cols = {
+            "t": [round(r[0] - t_start, 6) for r in recs[:n]],
+            "phase": [runner.phase_at(r[0]) for r in recs[:n]],
+            "option": [r[1] for r in recs[:n]],
+            "latency_ms": [round(r[2], 4) for r in recs[:n]],
+            "deadline_ms": [r[4] for r in recs[:n]],
+            "decision_us": [round(r[3], 2) for r in recs[:n]],
+            "correct": correct[:n],
+        }
+        events = []
+        for e in manager.events:
+            if e["t"] >= t_start - 1.0 and e["kind"] != "profiled":
+                events.append({**e, "t": round(e["t"] - t_start, 6)})
+        desc = manager.describe()
+        return cls(policy=manager.policy.name, fps=fps, options=desc["options"], phases=runner.describe()["phases"],
+                   frames=cols, events=events,
+                   meta={"targets": desc["targets"], "members": desc["members"], "origin": desc["origin"],
+                         "policy": desc["policy"], "scenario": runner.scenario.name, "duration_s": runner.duration_s,
+                         "platform": desc["platform"]})
+
+    # --- derived ------------------------------------------------------------------------------------
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray(self.frames[name])
+
+    def top1_per_frame(self) -> np.ndarray:
+        top = np.asarray([o["top1"] for o in self.options])
+        return top[self.column("option")] if len(self.frames["option"]) else np.zeros(0)
+
+    def summary(self, phase: int | None = None) -> dict[str, Any]:
+        lat, dl = self.column("latency_ms"), self.column("deadline_ms")
+        opt = self.column("option")
+        sel = np.ones(len(lat), bool) if phase is None else self.column("phase") == phase
+        if not sel.any():
+            return {"frames": 0}
+        met = lat[sel] <= dl[sel]
+        sw = int(np.count_nonzero(opt[1:] != opt[:-1])) if phase is None else \
+            int(np.count_nonzero((opt[1:] != opt[:-1]) & sel[1:]))
+        dec = self.column("decision_us")[sel]
+        return {"frames": int(sel.sum()), "on_time": float(met.mean()), "mean_top1": float(self.top1_per_frame()[sel].mean()),
+                "p50_ms": float(np.percentile(lat[sel], 50)), "p95_ms": float(np.percentile(lat[sel], 95)),
+                "p99_ms": float(np.percentile(lat[sel], 99)), "switches": sw,
+                "accuracy_measured": float(np.mean(self.column("correct")[sel])) * 100.0,
+                "decision_p50_us": float(np.percentile(dec, 50)), "decision_p99_us": float(np.percentile(dec, 99))}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": "dynadnn.trace/1", "policy": self.policy, "fps": self.fps, "meta": self.meta,
+                "options": self.options, "phases": self.phases,
+                "summary": self.summary(),
+                "phase_summary": [self.summary(p["index"]) | {"name": p["name"]} for p in self.phases],
+                "frames": self.frames, "events": self.events}
+
+    # --- files -------------------------------------------------------------------------------------
+    def write(self, out_dir: str | Path, name: str = "trace") -> tuple[Path, Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_json(), default=_jsonable)
+        jpath = atomic_write(out / f"{name}.json", lambda p: Path(p).write_text(text))
+        ppath = plot_traces([self], out / f"{name}.png")
+        return jpath, ppath
+
+
+def _jsonable(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def plot_traces(traces: list[Trace], path: str | Path) -> Path:
+    """One panel per trace: latency per frame (dots coloured by member), the deadline, switches as ticks
+    and competitor phases shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(traces), 1, figsize=(11, 2.6 * len(traces) + 0.6), sharex=True, squeeze=False)
+    shades = ["#ffffff", "#fde8c8", "#f9c08a", "#f08a5d", "#d9534f"]
+    for ax, tr in zip(axes[:, 0], traces):
+        t, lat, dl = tr.column("t"), tr.column("latency_ms"), tr.column("deadline_ms")
+        opt = tr.column("option")
+        for ph in tr.phases:
+            a, b = ph["planned_s"]
+            ncomp = len(ph["competitors"])
+            ax.axvspan(a, b, color=shades[min(ncomp, len(shades) - 1)], alpha=0.6, lw=0)
+            ax.text((a + b) / 2, 1.0, ph["name"], transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                    fontsize=7)
+        members = np.asarray([tr.options[i]["member"] for i in opt]) if len(opt) else np.zeros(0)
+        sc = ax.scatter(t, lat, c=members, s=3, cmap="viridis", vmin=0, vmax=max(1, max(o["member"] for o in tr.options)))
+        ax.plot(t, dl, color="crimson", lw=1.0, label="deadline")
+        sw = np.nonzero(opt[1:] != opt[:-1])[0] + 1 if len(opt) > 1 else []
+        for k in sw:
+            ax.axvline(t[k], color="k", lw=0.4, alpha=0.35)
+        s = tr.summary()
+        ax.set_ylabel("latency (ms)")
+        top = max(float(np.percentile(lat, 99.5)) if len(lat) else 1.0, float(dl.max()) if len(dl) else 1.0) * 1.3
+        ax.set_ylim(0, top)
+        ax.set_title(f"{tr.policy}: on time {s.get('on_time', 0):.3f}, mean top-1 {s.get('mean_top1', 0):.2f} %, "
+                     f"p95 {s.get('p95_ms', 0):.2f} ms, {s.get('switches', 0)} switches", fontsize=9, loc="left")
+        fig.colorbar(sc, ax=ax, pad=0.01, label="member")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def summary_rows(traces: list[Trace]) -> list[dict[str, Any]]:
+    return [{"policy": tr.policy, **tr.summary()} for tr in traces]
+
+
+def print_summary(traces: list[Trace], console=None, title: str = "runtime manager") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title)
+    for col in ("policy", "frames", "on time", "mean top-1 %", "measured acc %", "p50 ms", "p95 ms", "p99 ms",
+                "switches", "decision p99 us"):
+        table.add_column(col, justify="right")
+    for tr in traces:
+        s = tr.summary()
+        table.add_row(tr.policy, str(s["frames"]), f"{s['on_time']:.4f}", f"{s['mean_top1']:.2f}",
+                      f"{s['accuracy_measured']:.2f}", f"{s['p50_ms']:.2f}", f"{s['p95_ms']:.2f}", f"{s['p99_ms']:.2f}",
+                      str(s["switches"]), f"{s['decision_p99_us']:.1f}")
+    console.print(table)
