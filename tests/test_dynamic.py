@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dynadnn.data import resize_batch
+
 from dynadnn.dynamic import DynamicNetwork, calibrate_members
 from dynadnn.errors import UserError
 from dynadnn.space import Arch, load_space
@@ -51,7 +53,7 @@ def setup():
     x = torch.randn(2, 1, 32, 32, generator=gen)
     # The reference: each member extracted as a plain (unfolded) static model, run on the resized input.
     with torch.no_grad():
-        refs = [net.extract(a, bn_stats=s)(F.interpolate(x, size=(a.r, a.r), mode="bilinear", align_corners=False))
+        refs = [net.extract(a, bn_stats=s)(resize_batch(x, a.r))
                 for a, s in zip(archs, stats)]
     return net, archs, stats, dyn, x, refs
 
@@ -87,7 +89,7 @@ def test_other_backends_and_inplace_mode_match_static(setup, mode, backend):
         assert _close(dyn.predict(x), refs[i])
         if mode == "inplace":  # the super-network itself now runs the member's prepared plan
             with torch.no_grad():
-                xi = F.interpolate(x, size=(archs[i].r,) * 2, mode="bilinear", align_corners=False)
+                xi = resize_batch(x, archs[i].r)
                 assert _close(net(xi), refs[i])
                 assert net.active_arch == archs[i]
 
@@ -147,7 +149,7 @@ def test_predict_resizes_to_the_member_resolution(setup):
     net, archs, stats, dyn, x, refs = setup
     dyn.switch(1)  # r=20
     assert dyn.active.resolution == 20
-    small = F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
+    small = F.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False, antialias=True)
     assert torch.equal(dyn.predict(small), dyn.predict(x))
     assert _close(dyn.predict(x[0]), refs[1][:1])  # one CHW image
     with pytest.raises(UserError, match=r"expected images shaped \(N, 1, H, W\)"):

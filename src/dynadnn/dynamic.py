@@ -26,9 +26,9 @@ from functools import partial
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .data import resize_batch
 from .errors import UserError
 from .space import Arch
 from .supernet import Plan, StaticNet, SuperNet
@@ -66,9 +66,7 @@ class Member:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise UserError(f"input: expected images shaped (N, {self.in_channels}, H, W) or ({self.in_channels}, H, W), "
                             f"got {tuple(x.shape)}")
-        r = self.arch.r
-        if x.shape[-1] != r or x.shape[-2] != r:
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+        x = resize_batch(x, self.arch.r)  # bilinear, antialiased when shrinking: as in training
         if self.channels_last:
             x = x.contiguous(memory_format=_CL)
         return x
@@ -81,13 +79,6 @@ class Member:
 # ----------------------------------------------------------------------------------------------------
 # Building members
 # ----------------------------------------------------------------------------------------------------
-def resize_batch(x: Tensor, r: int) -> Tensor:
-    """Bilinear resize of an NCHW batch to r x r (a no-op at that size already)."""
-    if x.shape[-1] == r and x.shape[-2] == r:
-        return x
-    return F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
-
-
 def calibrate_members(supernet: SuperNet, archs: Sequence[Arch], batches: Sequence[Tensor]) -> list[dict[str, Tensor]]:
     """BN statistics for each member, re-estimated on `batches` (image tensors or (image, label) pairs)
     resized to the member's resolution, as OFA calibrates a sub-network before using it."""
