@@ -164,3 +164,13 @@ def test_bad_arguments_are_user_errors(setup):
         DynamicNetwork(net, archs[:2], bn_stats=stats[:1])
     with pytest.raises(UserError, match="no member"):
         DynamicNetwork(net, [])
+
+
+def test_demo_runs_and_prints_the_member_table(capsys):
+    from dynadnn.cli import main
+
+    assert main(["demo", "--members", "2", "--runs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "resident members of 'tiny'" in out and "switch (pointer swap)" in out
+    assert main(["demo", "--members", "1"]) == 2
+    assert "--members: expected at least 2" in capsys.readouterr().err
