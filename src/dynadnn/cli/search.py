@@ -85,7 +85,7 @@ def train_predictor(net, data, calib, n: int, seed: int, out: Path, limit: int |
         for a in archs:
             top1.append(measure_top1(net, a, data, calib, limit=limit)[0])
             bar.advance(task)
-    pred, report = AccuracyPredictor.fit(space, archs, top1, seed=seed)
+    pred, report = AccuracyPredictor.fit(space, archs, top1, hidden=(128, 128), epochs=150, seed=seed)
     pred.meta["samples"] = [{"arch": a.to_dict(), "top1": t} for a, t in zip(archs, top1)]
     pred.save(out)
     return pred, report

@@ -1,0 +1,75 @@
+"""Accuracy predictor: OFA's checkpoint loads exactly, bad checkpoints are refused, and it trains."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynadnn.errors import UserError
+from dynadnn.predict.accuracy import AccuracyPredictor, reference_predictor
+from dynadnn.predict.genes import GeneCoding
+from dynadnn.space import load_space
+
+W12 = load_space("ofa_mbv3_w1.2")
+
+
+@pytest.fixture(scope="module")
+def ofa_pred(reference):
+    return reference_predictor(reference, W12)
+
+
+def test_predictions_equal_ofa_tutorial_predictor(ofa_pred, reference):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ofa_peer import import_ofa
+
+    try:
+        import_ofa()
+        from ofa.tutorial.accuracy_predictor import AccuracyPredictor as Peer
+    except ImportError:
+        pytest.skip("ofa package not importable")
+    peer = Peer(pretrained=False, device="cpu")
+    peer.model.load_state_dict(torch.load(reference / "dynamic-ofa/ofa_mbv3_acc_predictor.pth", map_location="cpu",
+                                          weights_only=True))
+    rng = random.Random(0)
+    archs = [W12.sample(rng, rng.choice(W12.resolutions)) for _ in range(64)]
+    ours = ofa_pred.predict(archs)
+    theirs = peer.predict_accuracy([a.to_ofa() for a in archs])[:, 0].numpy() * 100
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    coding = GeneCoding(W12)
+    np.testing.assert_allclose(ofa_pred.predict_genes(coding.encode(archs), coding), ours, atol=1e-9)
+
+
+def test_predicted_accuracy_grows_from_smallest_to_largest(ofa_pred):
+    assert ofa_pred.predict(W12.min_arch(160))[0] < ofa_pred.predict(W12.max_arch(224))[0]
+    assert 70 < ofa_pred.predict(W12.min_arch(160))[0] < ofa_pred.predict(W12.max_arch(224))[0] < 90
+
+
+def test_wrong_shape_checkpoint_is_one_line_error(tmp_path):
+    state = {k: v for k, v in AccuracyPredictor(load_space("tiny")).model.state_dict().items()}
+    path = tmp_path / "wrong.pth"
+    torch.save(state, path)
+    with pytest.raises(UserError) as err:
+        AccuracyPredictor.from_ofa_checkpoint(path, W12)
+    assert "'0.weight' has shape" in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pth"):
+        AccuracyPredictor.from_ofa_checkpoint(tmp_path / "junk.pth", W12)
+
+
+def test_fit_learns_a_real_accuracy_function_and_round_trips(ofa_pred, tmp_path):
+    rng = random.Random(3)
+    archs = [W12.sample(rng, rng.choice((160, 176, 192, 208, 224))) for _ in range(300)]
+    target = ofa_pred.predict(archs)  # a real (OFA-trained) accuracy landscape as the ground truth
+    torch.manual_seed(0)
+    pred, report = AccuracyPredictor.fit(W12, archs, target, hidden=(64, 64), epochs=60, seed=0)
+    assert report.n_test == 60 and report.kendall_tau > 0.6 and report.rmse < 1.0
+    pred.save(tmp_path / "p")
+    again = AccuracyPredictor.load(tmp_path / "p", W12)
+    np.testing.assert_allclose(again.predict(archs[:10]), pred.predict(archs[:10]), atol=1e-6)
+    with pytest.raises(UserError, match="preset 'ofa_mbv3_w1.2', not 'tiny'"):
+        AccuracyPredictor.load(tmp_path / "p", load_space("tiny"))

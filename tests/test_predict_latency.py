@@ -1,0 +1,108 @@
+"""Latency look-up tables: OFA's keys, Dynamic-OFA's files, vectorised sums equal per-key sums."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynadnn.errors import UserError
+from dynadnn.predict.genes import GeneCoding
+from dynadnn.predict.latency import Correction, LatencyTable, arch_layers, reference_table
+from dynadnn.space import load_space
+
+W12 = load_space("ofa_mbv3_w1.2")
+
+
+@pytest.fixture(scope="module")
+def tables(reference):
+    return {c: reference_table(reference, c, W12) for c in ("jetson_cpu", "jetson_gpu")}
+
+
+def test_keys_match_dynamic_ofa_files_exactly(reference):
+    raw = json.loads((reference / "dynamic-ofa/latency_lut/jetson_xavier_nx_cpu/164_lookup_table.json").read_text())
+    keys = {layer.key for layer in arch_layers(W12, W12.max_arch(164))}
+    keys |= {layer.key for layer in arch_layers(W12, W12.min_arch(164))}
+    assert keys <= set(raw)
+    assert "expanded_conv-input:82x82x24-output:41x41x32-expand:144-kernel:7-stride:2-idskip:0-se:0-hs:0" in keys
+    assert "Conv-input:164x164x3-output:82x82x24" in keys and "AvgPool2D-input:6x6x1152-output:1x1x1152" in keys
+
+
+def test_vectorised_prediction_equals_per_key_sum(tables):
+    rng = random.Random(0)
+    for table in tables.values():
+        archs = [W12.sample(rng, rng.choice(table.resolutions)) for _ in range(60)]
+        fast = table.predict(archs)
+        slow = np.array([table.layer_sum(a) for a in archs])
+        np.testing.assert_allclose(fast, slow, rtol=1e-12)
+
+
+def test_prediction_equals_ofa_tutorial_estimator(tables):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ofa_peer import import_ofa
+
+    try:
+        import_ofa()
+        from ofa.tutorial.latency_table import LatencyEstimator
+    except ImportError:
+        pytest.skip("ofa package not importable")
+    table = tables["jetson_cpu"]
+    rng = random.Random(1)
+    for _ in range(20):
+        arch = W12.sample(rng, rng.choice(table.resolutions))
+        peer = object.__new__(LatencyEstimator)  # its __init__ downloads; give it Dynamic-OFA's table instead
+        peer.lut = table.entries[arch.r]
+        assert table.predict(arch)[0] == pytest.approx(peer.predict_network_latency_given_spec(arch.to_ofa()), rel=1e-12)
+
+
+def test_missing_layer_key_is_named(tables):
+    entries = {r: dict(v) for r, v in tables["jetson_gpu"].entries.items()}
+    key = "expanded_conv-input:14x14x136-output:14x14x136-expand:816-kernel:7-stride:1-idskip:1-se:1-hs:1"
+    del entries[224][key]
+    with pytest.raises(UserError, match="kernel:7-stride:1-idskip:1-se:1-hs:1"):
+        LatencyTable(W12, "jetson_gpu", entries, "edited table")
+
+
+def test_resolution_outside_the_table_is_refused(tables):
+    with pytest.raises(UserError, match="no entries for resolution 128"):
+        tables["jetson_gpu"].predict(W12.max_arch(128))
+
+
+def test_export_round_trip_json_and_ofa_yaml(tables, tmp_path):
+    table = tables["jetson_cpu"]
+    table.correction = None
+    table.save(tmp_path / "t", yaml_too=True)
+    again = LatencyTable.from_dynamic_ofa(tmp_path / "t", W12, "x")
+    from_yaml = LatencyTable.from_ofa_yaml(tmp_path / "t", W12, "jetson_cpu")
+    archs = [W12.sample(random.Random(i), 192) for i in range(20)]
+    np.testing.assert_allclose(again.predict(archs), table.predict(archs))
+    np.testing.assert_allclose(from_yaml.predict(archs), table.predict(archs))
+    assert again.context == "jetson_cpu"  # from table.json
+
+
+def test_correction_recovers_a_linear_relation():
+    rng = np.random.default_rng(0)
+    lut, n = rng.uniform(2, 10, 50), rng.integers(10, 21, 50).astype(float)
+    c = Correction.fit(lut, n, 1.3 * lut + 0.2 * n + 0.5)
+    assert (c.a, c.b, c.c) == pytest.approx((1.3, 0.2, 0.5), abs=1e-9)
+
+
+def test_fastest_is_no_slower_than_any_sample(tables):
+    table = tables["jetson_gpu"]
+    arch, lat = table.fastest()
+    coding = table.coding()
+    sample = coding.random(np.random.default_rng(0), 2000)
+    assert lat <= table.predict_genes(sample, coding).min()
+    assert table.predict(arch)[0] == pytest.approx(lat)
+
+
+def test_gene_onehot_equals_space_encoding():
+    for space in (W12, load_space("tiny")):
+        coding = GeneCoding(space)
+        g = coding.random(np.random.default_rng(0), 200)
+        assert (coding.onehot(g) == space.encode_many(coding.decode(g))).all()
+        assert (coding.encode(coding.decode(g)) == g).all()

@@ -1,0 +1,83 @@
+"""Searches over the reference predictor and Jetson tables: valid, feasible, non-dominated, never hanging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dynadnn.errors import UserError
+from dynadnn.family import pick_spread
+from dynadnn.predict import reference_predictor, reference_table
+from dynadnn.search import BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, hypervolume, pareto_mask
+from dynadnn.space import load_space
+
+W12 = load_space("ofa_mbv3_w1.2")
+
+
+@pytest.fixture(scope="module")
+def predictors(reference):
+    acc = reference_predictor(reference, W12)
+    tables = {c: reference_table(reference, c, W12) for c in ("jetson_gpu", "jetson_cpu")}
+    return acc, tables
+
+
+def problem(predictors):
+    return SearchProblem.from_predictors(*predictors)
+
+
+def test_nsga2_archive_is_valid_non_dominated_and_meets_budgets(predictors):
+    p = problem(predictors)
+    budgets = {"jetson_gpu": [17.5, 24.0], "jetson_cpu": [1200.0]}
+    res = NSGA2Search(population=40, generations=10, refine_generations=5, budgets=budgets).search(p)
+    assert len(res.genes) > 10 and pareto_mask(res.accuracy, res.latency).all()
+    for arch in res.archs():
+        W12.validate(arch)
+        assert 160 <= arch.r <= 224
+    acc, lat = p.evaluate(res.genes)  # stored objectives are the predictors' values
+    np.testing.assert_allclose(acc, res.accuracy)
+    np.testing.assert_allclose(lat, res.latency)
+    for (ctx, budget), row in res.picks.items():
+        assert res.latency[row, res.contexts.index(ctx)] <= budget
+
+
+def test_pymoo_engine_gives_a_comparable_front(predictors):
+    fast = NSGA2Search(population=40, generations=8, refine_generations=0).search(problem(predictors))
+    slow = NSGA2Search(population=40, generations=8, refine_generations=0, engine="pymoo").search(problem(predictors))
+    ref = (70.0, [40.0, 3500.0])
+    assert hypervolume(slow.accuracy, slow.latency, *ref) > 0
+    assert hypervolume(fast.accuracy, fast.latency, *ref) > 0.8 * hypervolume(slow.accuracy, slow.latency, *ref)
+
+
+def test_sweep_meets_its_budget_and_ranks_looser_budgets_higher(predictors):
+    sweep = EvolutionSweep({"jetson_gpu": [17.0, 26.0]}, generations=15)
+    res = sweep.search(problem(predictors))
+    lo, hi = res.picks[("jetson_gpu", 17.0)], res.picks[("jetson_gpu", 26.0)]
+    assert res.latency[lo, 0] <= 17.0 and res.latency[hi, 0] <= 26.0
+    assert res.accuracy[hi] > res.accuracy[lo]
+
+
+def test_impossible_budget_names_the_fastest_latency_and_returns(predictors):
+    p = problem(predictors)
+    with pytest.raises(BudgetError, match=r"fastest architecture of the space takes 15\.9\d* ms"):
+        EvolutionSweep({"jetson_gpu": [10.0]}, generations=5).search(p)
+    # a budget just above the fastest member: random sampling almost never meets it, the retry cap ends it
+    tight = p.fastest["jetson_gpu"] + 1e-6
+    try:
+        res = EvolutionSweep({"jetson_gpu": [tight]}, generations=3, max_retries=5).search(p)
+        assert res.latency[0, 0] <= tight
+    except UserError as exc:
+        assert "fastest possible" in str(exc)
+
+
+def test_hypervolume_grows_when_a_dominating_point_is_added():
+    acc, lat = np.array([80.0, 82.0]), np.array([[20.0], [25.0]])
+    hv = hypervolume(acc, lat, 70.0, [30.0])
+    assert hv == pytest.approx(10 * 10 + 2 * 5)
+    assert hypervolume(np.append(acc, 83.0), np.vstack([lat, [[21.0]]]), 70.0, [30.0]) > hv
+
+
+def test_pick_spread_covers_the_front_not_neighbours():
+    lat = np.linspace(1, 100, 200)
+    idx = pick_spread(lat, lat, 5)
+    assert idx[0] == 0 and idx[-1] == 199 and len(set(idx)) == 5
+    assert np.all(np.diff(np.log(lat[idx])) > 0.5)
