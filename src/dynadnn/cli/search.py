@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     members = [Member(r["arch"], {k: v.detach().clone() for k, v in r["stats"].items()}, round(r["pred"], 4),
                       round(r["top1"], 4), {c: round(v, 5) for c, v in r["pred_lat"].items()}, r["lat_full"],
                       int(flops.macs(r["arch"])[0]), int(flops.params(r["arch"])[0])) for r in kept]
-    fam = Family(space.name, contexts, members, str(args.checkpoint), sha256_file(ckpt_path),
+    ck_name = str(args.checkpoint) if str(args.checkpoint).startswith("zoo:") else str(Path(args.checkpoint).resolve())
+    fam = Family(space.name, contexts, members, ck_name, sha256_file(ckpt_path),
                  archive_entries(archs, result.accuracy, {c: result.latency[:, i] for i, c in enumerate(contexts)}),
                  {"command": "dynadnn search", "dataset": data_spec, "profile": str(profile_dir),
                   "predictor_fit": fit, "search": {"evaluations": result.evaluations, "seconds": round(result.seconds, 3),
