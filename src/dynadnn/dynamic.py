@@ -115,7 +115,9 @@ def build_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, Tensor] 
                  backend: str = "auto", channels_last: bool = True, warmup: int = 6) -> Member:
     """Extract `arch` as a standalone static model (with `bn_stats` if given), fold BN, convert the layout,
     compile it (backend "auto" = TorchScript if it compiles and matches the eager model, else eager) and
-    run it `warmup` times so the first real inference does not pay for lazy initialisation."""
+    run it `warmup` times so the first real inference does not pay for lazy initialisation (a frozen
+    graph's first calls profile and optimise it: 5-15x a steady call). The graph is warmed at batch 1; the
+    first call at another batch size pays a smaller re-profiling cost once."""
     if backend not in BACKENDS:
         raise UserError(f"backend '{backend}': expected one of {', '.join(BACKENDS)}")
     t0 = time.perf_counter()
@@ -139,6 +141,7 @@ def build_member(supernet: SuperNet, arch: Arch, bn_stats: Mapping[str, Tensor] 
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eager
             if backend == "torchscript":
                 raise RuntimeError(f"TorchScript compilation of member {arch.short()} failed: {exc}") from exc
+            warnings.warn(f"member {arch.short()}: TorchScript unavailable ({exc}); running it eagerly", RuntimeWarning)
     _warm(module, example, warmup)
     return Member(arch, bn_stats, module, used, channels_last, space.in_channels,
                   extract_ms=extract_ms, build_ms=(time.perf_counter() - t0) * 1e3)
