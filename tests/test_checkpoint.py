@@ -126,8 +126,12 @@ def test_atomic_write_replaces_only_on_success(tmp_path):
     target = tmp_path / "out.json"
     atomic_write(target, lambda tmp: Path(tmp).write_text("one"))
     assert target.read_text() == "one"
+    def fails_half_way(tmp: str) -> None:
+        Path(tmp).write_text("tw")
+        raise RuntimeError("disk full")
+
     with pytest.raises(RuntimeError):
-        atomic_write(target, lambda tmp: (Path(tmp).write_text("tw"), (_ for _ in ()).throw(RuntimeError("disk"))))
+        atomic_write(target, fails_half_way)
     assert target.read_text() == "one" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
