@@ -368,7 +368,15 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
     nb, ns = coding.nb, coding.ns
     seen = {row.tobytes() for row in coding.canonical(genes)}
     n_mut = n_children // 2
+    # growable buffers (doubling), so each generation appends without copying the whole pool
+    size = len(genes)
+    cap = max(size * 2, 1024)
+    g_buf = np.empty((cap, genes.shape[1]), dtype=genes.dtype)
+    a_buf = np.empty(cap)
+    l_buf = np.empty((cap, lat.shape[1]))
+    g_buf[:size], a_buf[:size], l_buf[:size] = genes, acc, lat
     for _ in range(generations):
+        acc, lat, genes = a_buf[:size], l_buf[:size], g_buf[:size]
         parents = []
         for c, budget in niches:
             score = np.where(lat[:, c] <= budget, acc, -np.inf)
@@ -388,20 +396,19 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
         m[:, 2 * nb:] = np.where(m_o, rng.integers(0, upper[2 * nb:][None, :], size=(len(m), ns + 1)), m[:, 2 * nb:])
         x = np.where(rng.random(par[1].shape) < 0.5, par[1], par[2])
         is_mut = (np.arange(len(m)) % n_children) < n_mut
-        kids = [np.where(is_mut[:, None], m, x)]
-        kids = coding.canonical(np.concatenate(kids))
-        fresh = []
-        for i, row in enumerate(kids):
-            key = row.tobytes()
-            if key not in seen:
-                seen.add(key)
-                fresh.append(i)
+        kids = coding.canonical(np.where(is_mut[:, None], m, x))
+        fresh = [i for i, row in enumerate(kids) if (key := row.tobytes()) not in seen and not seen.add(key)]
         if not fresh:
             continue
         kids = kids[fresh]
         k_acc, k_lat = problem.evaluate(kids)
-        genes, acc, lat = np.concatenate([genes, kids]), np.concatenate([acc, k_acc]), np.concatenate([lat, k_lat])
-    return genes, acc, lat
+        if size + len(kids) > cap:
+            cap = max(cap * 2, size + len(kids))
+            g_buf, a_buf, l_buf = (np.concatenate([b[:size], np.empty((cap - size,) + b.shape[1:], b.dtype)])
+                                   for b in (g_buf, a_buf, l_buf))
+        g_buf[size:size + len(kids)], a_buf[size:size + len(kids)], l_buf[size:size + len(kids)] = kids, k_acc, k_lat
+        size += len(kids)
+    return g_buf[:size], a_buf[:size], l_buf[:size]
 
 
 def _moves(coding: GeneCoding, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
