@@ -155,7 +155,7 @@ def test_dofa_steps_up_only_for_accuracy():
 def test_oracle_follows_the_schedule():
     targets = Targets(deadline_ms=6.0)
     table = {0: [o.p95_ms for o in OPTIONS], 1: [o.p95_ms * 2.5 for o in OPTIONS]}
-    pol = OraclePolicy(phase_at=lambda t: 1 if 3.0 <= t < 6.0 else 0, p95_by_phase=table, clock=lambda: 0.0)
+    pol = OraclePolicy(phase_at=lambda t: 1 if 3.0 <= t < 6.0 else 0, latency_by_phase=table, clock=lambda: 0.0)
     tr = simulate(pol, OPTIONS, step_load, 900, targets, jitter=0.0)
     assert tr[0][1] == 4 and tr[301][1] == 1 and tr[-1][1] == 4
     assert on_time(tr, 6.0) >= 0.99

@@ -225,7 +225,9 @@ class RuntimeManager:
         self._closed = True
         self.system.stop()
         for rn in self.runners:
-            rn.close()
+            close = getattr(rn, "close", None)
+            if close is not None:
+                close()
         if self.pin_affinity:
             self.platform.restore_affinity()
         torch.set_num_threads(self._torch_threads_before)

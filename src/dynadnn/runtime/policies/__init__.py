@@ -18,7 +18,7 @@ REGISTRY: dict[str, type[Policy]] = {
 
 
 def make_policy(name: str, **kwargs) -> Policy:
-    """A new policy by name; `oracle` needs `phase_at` and `p95_by_phase` (see `OraclePolicy`)."""
+    """A new policy by name; `oracle` needs `phase_at` and `latency_by_phase` (see `OraclePolicy`)."""
     cls = REGISTRY.get(name)
     if cls is None:
         raise UserError(f"unknown policy '{name}': expected one of {', '.join(REGISTRY)}")

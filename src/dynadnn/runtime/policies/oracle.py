@@ -1,6 +1,8 @@
 """`oracle`: knows the competitor schedule and every option's measured latency in each phase of it, and
-runs the most accurate option whose measured p95 in the current phase meets the deadline. For evaluation
-only: it is the upper bound a causal policy can approach, never something a deployment can run."""
+runs the most accurate option whose measured tail latency in the current phase meets the deadline. The
+tail is whatever the table holds; `runtime.calibrate` fills it with each option's p99, the on-time rate
+(0.99) we hold the causal policies to. For evaluation only: the bound a causal policy can approach, never
+something a deployment can run."""
 
 from __future__ import annotations
 
@@ -14,13 +16,13 @@ from .base import Policy
 class OraclePolicy(Policy):
     name = "oracle"
 
-    def __init__(self, phase_at: Callable[[float], object] | None, p95_by_phase: Mapping[object, Sequence[float]],
+    def __init__(self, phase_at: Callable[[float], object] | None, latency_by_phase: Mapping[object, Sequence[float]],
                  lookahead_s: float = 0.0, clock: Callable[[], float] = time.perf_counter):
-        """`phase_at(t)` names the phase at manager time t; `p95_by_phase[phase][option]` is that option's
-        measured p95 (ms) in the phase. Times are the manager's clock (`clock`: time.perf_counter seconds)."""
+        """`phase_at(t)` names the phase at manager time t; `latency_by_phase[phase][option]` is that option's
+        measured tail latency (ms) in the phase. Times are the manager's clock (`clock`: time.perf_counter seconds)."""
         super().__init__()
         self.phase_at = phase_at
-        self.p95_by_phase = p95_by_phase
+        self.latency_by_phase = latency_by_phase
         self.lookahead_s = lookahead_s
         self.clock = clock
         self._cache: dict = {}
@@ -35,7 +37,7 @@ class OraclePolicy(Policy):
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        table = self.p95_by_phase[phase]
+        table = self.latency_by_phase[phase]
         deadline = targets.effective_deadline_ms()
         order = by_accuracy(self.options)
         ok = [i for i in order if table[i] <= deadline and self.options[i].top1 >= targets.min_top1]
@@ -46,7 +48,7 @@ class OraclePolicy(Policy):
 
     def initial(self, targets: Targets) -> int:
         if self.phase_at is None:  # not bound yet: the first phase of the table
-            return self.choose(next(iter(self.p95_by_phase)), targets)
+            return self.choose(next(iter(self.latency_by_phase)), targets)
         return self.choose(self.phase_at(self.clock() + self.lookahead_s), targets)
 
     def step(self, t: float, latency_ms: float, option: int, targets: Targets,

@@ -1,0 +1,119 @@
+"""Measure every option under each distinct competitor load of a scenario, with the same real competing
+processes and the same frame pacing as the run: the oracle's table, and the deadline that makes a
+contention experiment real rather than lax.
+
+`calibrate_deadline` picks the deadline so that, in the heaviest phase, the most accurate member run
+statically misses at least `static_miss` of its frames while the fastest member at its best thread count
+meets it for at least `fastest_on_time` of them (the issue's "the problem must be real" rule).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .manager import RuntimeManager
+from .scenario import CompetitorPool, Scenario
+from .stream import Frames
+
+clock = time.perf_counter
+
+
+@dataclass
+class Calibration:
+    phase_keys: list[int]                        # per scenario phase: index of its distinct load
+    latencies: dict[int, list[np.ndarray]]       # load index -> per option latencies (ms)
+    heaviest: int                                # load index of the heaviest phase
+    loads: list[str] = field(default_factory=list)
+
+    def quantile_table(self, q: float) -> dict[int, list[float]]:
+        """Per scenario phase, per option: the q-quantile latency (for the oracle)."""
+        return {ph: [float(np.quantile(l, q)) if len(l) else float("inf") for l in self.latencies[key]]
+                for ph, key in enumerate(self.phase_keys)}
+
+    def on_time(self, option: int, deadline_ms: float, load: int | None = None) -> float:
+        lat = self.latencies[self.heaviest if load is None else load][option]
+        return float(np.mean(lat <= deadline_ms)) if len(lat) else 0.0
+
+
+def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scenario, seconds_per_load: float,
+                        fps: float, settle_s: float = 0.3, progress=None) -> Calibration:
+    """Round-robin every option at `fps` under each distinct competitor set of `scenario`."""
+    keys: dict[tuple, int] = {}
+    phase_keys = []
+    for ph in scenario.phases:
+        sig = tuple(sorted((c.kind, c.threads, c.size) for c in ph.competitors))
+        phase_keys.append(keys.setdefault(sig, len(keys)))
+    distinct = {v: k for k, v in keys.items()}
+    heavy_phase = scenario.heaviest()
+    lat: dict[int, list[list[float]]] = {}
+    n_opt = len(manager.options)
+    period = 1.0 / fps
+    loads = []
+    for key in range(len(keys)):
+        phase = scenario.phases[phase_keys.index(key)]
+        loads.append(phase.name)
+        pool = CompetitorPool()
+        try:
+            for comp in phase.competitors:
+                pool.start(comp)
+            time.sleep(settle_s)
+            per = [[] for _ in range(n_opt)]
+            end = clock() + seconds_per_load
+            k = 0
+            next_t = clock()
+            while clock() < end:
+                now = clock()
+                if now < next_t:
+                    time.sleep(next_t - now)
+                else:
+                    next_t = now
+                next_t += period
+                i = k % n_opt
+                x = frames.frame(k)
+                t0 = clock()
+                manager.runners[i](x)
+                per[i].append((clock() - t0) * 1e3)
+                k += 1
+            lat[key] = [np.asarray(v) for v in per]
+        finally:
+            pool.stop_all()
+        if progress is not None:
+            progress(key + 1, len(keys))
+    return Calibration(phase_keys, lat, phase_keys[heavy_phase], loads)
+
+
+@dataclass(frozen=True)
+class DeadlineChoice:
+    deadline_ms: float
+    static_option: int
+    fastest_option: int
+    static_heavy_miss: float
+    fastest_heavy_on_time: float
+    feasible: bool
+
+
+def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: float = 0.20,
+                       fastest_on_time: float = 0.995, headroom: float = 1.25) -> DeadlineChoice:
+    """The deadline: `headroom` x the fastest member's (best thread count's) heavy-phase p99.5, capped so
+    the static most-accurate option still misses `static_miss` of its heavy-phase frames."""
+    opts = manager.options
+    from .policies.static import StaticPolicy
+
+    static = StaticPolicy()
+    static.options = opts
+    s_opt = static.initial(manager.targets)
+    heavy = cal.latencies[cal.heaviest]
+    fastest_member = min({o.member for o in opts}, key=lambda m: min(o.p50_ms for o in opts if o.member == m))
+    cands = [i for i, o in enumerate(opts) if o.member == fastest_member]
+    f_opt = min(cands, key=lambda i: float(np.quantile(heavy[i], fastest_on_time)))
+    need = float(np.quantile(heavy[f_opt], fastest_on_time))
+    cap = float(np.quantile(heavy[s_opt], 1.0 - static_miss))  # below this, >= static_miss of frames exceed it
+    deadline = min(need * headroom, cap * 0.98) if need * 1.02 <= cap * 0.98 else need * 1.02
+    deadline = round(deadline, 3)
+    st_miss = 1.0 - cal.on_time(s_opt, deadline)
+    f_on = cal.on_time(f_opt, deadline)
+    return DeadlineChoice(deadline, s_opt, f_opt, st_miss, f_on,
+                          feasible=st_miss >= static_miss and f_on >= fastest_on_time)

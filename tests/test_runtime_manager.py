@@ -1,0 +1,145 @@
+"""The RuntimeManager with real members (a random-initialised tiny super-network: real latency, chance
+accuracy), real ONNX Runtime sessions and the real /proc/stat monitor; faults injected at each seam."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from dynadnn.runtime.manager import InferenceFailed, RuntimeManager
+from dynadnn.runtime.members import hand_picked_archs, load_family
+from dynadnn.runtime.options import Targets
+from dynadnn.platform.local import LocalPlatform
+from dynadnn.space import load_space
+
+
+@pytest.fixture(scope="module")
+def source():
+    return load_family("random:tiny", dataset="digits", k=3, calib_images=200)
+
+
+def make(source, **kw):
+    kw.setdefault("backends", ("ort",))
+    kw.setdefault("threads", (1,))
+    kw.setdefault("profile_frames", 10)
+    return RuntimeManager(source, kw.pop("policy", "feedback"), kw.pop("targets", Targets(deadline_ms=50.0)), **kw)
+
+
+X = torch.randn(1, 1, 28, 28)
+
+
+def test_hand_picked_members_grow_monotonically():
+    archs = hand_picked_archs(load_space("tiny"), 5)
+    assert archs[0] == load_space("tiny").canonical(load_space("tiny").min_arch())
+    assert archs[-1] == load_space("tiny").canonical(load_space("tiny").max_arch())
+    assert [a.r for a in archs] == sorted(a.r for a in archs)
+
+
+def test_manager_serves_every_member_and_records_each_inference(source):
+    with make(source) as mgr:
+        assert len(mgr.options) == 3 and all(o.backend == "ort" for o in mgr.options)
+        for i in range(len(mgr.options)):
+            mgr.policy.force(i)
+            mgr.current = i
+            y = mgr.predict(X)
+            assert y.shape == (1, 10)
+            m = mgr.options[i].member
+            ref = source.supernet.extract(source.archs[m], source.bn_stats[m]).fuse()(
+                torch.nn.functional.interpolate(X, size=(source.archs[m].r,) * 2, mode="bilinear", align_corners=False))
+            assert (y - ref).abs().max() <= 2e-3 * ref.abs().max()  # the ONNX export computes the member
+        assert len(mgr.records) == 3
+        assert {e["kind"] for e in mgr.events} >= {"profiled", "ready"}
+
+
+def test_faster_backend_is_chosen_per_member_and_thread_count(source):
+    with make(source, backends=("torch", "ort"), threads=(1,)) as mgr:
+        meas = [e for e in mgr.events if e["kind"] == "profiled"][0]["measurements"]
+        for opt in mgr.options:
+            mine = [m for m in meas if m["member"] == opt.member and m["threads"] == opt.threads]
+            assert opt.backend == min(mine, key=lambda m: m["p50_ms"])["backend"]
+
+
+def test_targets_can_be_changed_from_another_thread(source):
+    with make(source, targets=Targets(deadline_ms=100.0)) as mgr:
+        t = threading.Thread(target=mgr.set_targets, kwargs={"deadline_ms": 0.01})
+        t.start()
+        t.join()
+        for _ in range(20):
+            mgr.predict(X)
+        assert mgr.targets.deadline_ms == 0.01
+        assert mgr.records[-1][4] == 0.01
+        # an impossible deadline: the manager ends on the fastest option and keeps serving
+        assert mgr.current == mgr.safe
+        assert any(e["kind"] == "targets" for e in mgr.events)
+
+
+def test_an_inference_that_raises_falls_back_to_the_safe_member(source):
+    with make(source, policy="static") as mgr:
+        assert mgr.current != mgr.safe
+
+        def broken(x):
+            raise RuntimeError("simulated inference failure")
+
+        mgr.runners[mgr.current] = broken
+        y = mgr.predict(X)
+        assert y.shape == (1, 10) and mgr.current == mgr.safe
+        kinds = [e["kind"] for e in mgr.events]
+        assert "inference_failed" in kinds and "fallback" in kinds
+        mgr.predict(X)  # and it keeps serving
+        mgr.runners[mgr.safe] = broken
+        with pytest.raises(InferenceFailed, match="safe option"):
+            mgr.predict(X)
+
+
+class RefusingPlatform(LocalPlatform):
+    def set_affinity(self, cpus):
+        raise PermissionError("affinity refused (simulated)")
+
+
+def test_an_actuator_that_raises_is_logged_and_serving_goes_on(source):
+    with make(source, policy="static", platform=RefusingPlatform(), pin_affinity=True) as mgr:
+        assert mgr.current == mgr.safe and not mgr.pin_affinity
+        assert any(e["kind"] == "actuator_failed" and "affinity refused" in e["error"] for e in mgr.events)
+        assert mgr.predict(X).shape == (1, 10)
+
+
+def test_a_failing_monitor_read_is_logged_and_distrusted(source):
+    calls = {"n": 0}
+
+    def failing_reader():
+        calls["n"] += 1
+        raise OSError("simulated /proc/stat read failure")
+
+    with make(source, system_reader=failing_reader, system_period_s=0.01) as mgr:
+        deadline = time.time() + 2
+        while calls["n"] < 3 and time.time() < deadline:
+            mgr.predict(X)
+            time.sleep(0.01)
+        assert calls["n"] >= 3
+        assert not mgr.system.sample.ok
+        failed = [e for e in mgr.events if e["kind"] == "monitor_failed"]
+        assert len(failed) == 1 and "simulated" in failed[0]["error"]  # once per streak, not per read
+        assert mgr.predict(X).shape == (1, 10)
+
+
+def test_close_leaks_no_threads_or_sessions(source):
+    before = {t.ident for t in threading.enumerate()}
+    mgr = make(source)
+    assert mgr.system.running
+    mgr.predict(X)
+    mgr.close()
+    mgr.close()  # idempotent
+    assert not mgr.system.running
+    assert {t.ident for t in threading.enumerate()} <= before
+    assert all(getattr(r, "session", None) is None for r in mgr.runners)
+
+
+def test_decision_time_is_recorded_per_inference(source):
+    with make(source) as mgr:
+        for _ in range(50):
+            mgr.predict(X)
+        d = mgr.decision_us()
+        assert len(d) == 50 and (d > 0).all()
