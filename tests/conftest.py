@@ -11,6 +11,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Module- and session-scoped fixtures run before the per-test fixture below: one thread for them too.
+torch.set_num_threads(1)
+
 
 def reference_dir() -> Path | None:
     env = os.environ.get("DYNADNN_REFERENCE")
