@@ -37,8 +37,8 @@ clock = time.perf_counter
 KINDS = ("busy", "matmul")
 
 _BUSY = """
-import os, time
-parent = os.getppid()
+import os, sys, time
+parent = int(sys.argv[1])  # given by the parent: it may already be gone when this line runs
 while True:
     end = time.perf_counter() + 0.2
     while time.perf_counter() < end:
@@ -51,7 +51,7 @@ _MATMUL = """
 import os, sys, time
 import numpy as np
 n = int(sys.argv[1])
-parent = os.getppid()
+parent = int(sys.argv[2])
 rng = np.random.default_rng(0)
 a = rng.standard_normal((n, n)).astype(np.float32)
 b = rng.standard_normal((n, n)).astype(np.float32)
@@ -74,10 +74,10 @@ class Competitor:
     def command(self) -> tuple[list[str], dict[str, str]]:
         env = dict(os.environ)
         if self.kind == "busy":
-            return [sys.executable, "-c", _BUSY], env
+            return [sys.executable, "-c", _BUSY, str(os.getpid())], env
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(self.threads)
-        return [sys.executable, "-c", _MATMUL, str(self.size)], env
+        return [sys.executable, "-c", _MATMUL, str(self.size), str(os.getpid())], env
 
     def label(self) -> str:
         return "busy" if self.kind == "busy" else f"matmul x{self.threads}t"

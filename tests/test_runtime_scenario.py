@@ -1,0 +1,128 @@
+"""Scenarios with real competing processes: parsing, cleanup in every exit path, and one real end-to-end
+contention run through the CLI (short: CI runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from dynadnn.cli import main
+from dynadnn.errors import UserError
+from dynadnn.runtime.scenario import CompetitorPool, Competitor, ScenarioRunner, list_scenarios, load_scenario, parse_scenario
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_shipped_scenarios_load_and_default_steps_0_1_2_0():
+    assert {"contention", "flood"} <= set(list_scenarios())
+    sc = load_scenario("contention")
+    assert [len(p.competitors) for p in sc.phases] == [0, 1, 2, 0]
+    assert sc.heaviest() == 2
+    assert sc.boundaries(8.0) == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0)]
+
+
+@pytest.mark.parametrize("doc, msg", [
+    ({}, "field 'phases' must be a non-empty list"),
+    ({"phases": [{"duration": -1}]}, r"phases\[0\].duration: expected a positive number"),
+    ({"phases": [{"duration": 1, "competitors": [{"kind": "fork-bomb"}]}]}, r"competitors\[0\].kind: expected one of busy, matmul"),
+    ({"phases": [{"duration": 1, "competitors": [{"kind": "matmul", "threads": 0}]}]}, r"competitors\[0\].threads"),
+])
+def test_bad_scenarios_are_one_line_errors_naming_the_field(doc, msg):
+    with pytest.raises(UserError, match=msg):
+        parse_scenario(doc, "s.json")
+
+
+def test_unknown_scenario_and_bad_json(tmp_path):
+    with pytest.raises(UserError, match="unknown scenario 'nope'"):
+        load_scenario("nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(UserError, match="bad.json: not valid JSON"):
+        load_scenario(bad)
+
+
+def test_pool_kills_competitors_and_their_groups():
+    pool = CompetitorPool()
+    procs = [pool.start(Competitor("busy")), pool.start(Competitor("matmul", threads=2, size=64))]
+    time.sleep(0.3)
+    assert all(alive(p.pid) for p in procs)
+    assert all(os.getpgid(p.pid) == p.pid for p in procs)  # each leads its own process group
+    pool.stop_all()
+    assert not any(alive(p.pid) for p in procs)
+
+
+def test_runner_cleans_up_when_the_body_raises():
+    sc = parse_scenario({"phases": [{"duration": 1, "competitors": [{"kind": "busy"}]}]}, "t")
+    pids = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with ScenarioRunner(sc, duration_s=30.0) as run:
+            deadline = time.time() + 5
+            while not run.pool.pids() and time.time() < deadline:
+                time.sleep(0.02)
+            pids = run.pool.pids()
+            raise RuntimeError("boom")
+    assert pids and not any(alive(p) for p in pids)
+
+
+def test_competitors_exit_by_themselves_when_their_parent_is_killed(tmp_path):
+    """A manager killed with SIGKILL cannot clean up: its competitors must notice and leave."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from dynadnn.runtime.scenario import CompetitorPool, Competitor
+        pool = CompetitorPool()
+        print(pool.start(Competitor("busy")).pid, pool.start(Competitor("matmul", size=64)).pid, flush=True)
+        time.sleep(60)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(v) for v in parent.stdout.readline().split()]
+    assert all(alive(p) for p in pids)
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 5
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+
+
+@pytest.mark.slow
+def test_end_to_end_contention_run_writes_trace_and_leaves_nothing_behind(tmp_path):
+    """Real: a (random-weight) family served under the default 0 -> 1 -> 2 -> 0 competitor scenario."""
+    me = psutil.Process()
+    out = tmp_path / "run"
+    rc = main(["run", "random:tiny", "--dataset", "digits", "--members", "3", "--threads", "1", "--backends", "ort",
+               "--policy", "feedback", "--scenario", "contention", "--duration", "4", "--deadline-ms", "20",
+               "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "trace.json").read_text())
+    assert (out / "trace.png").stat().st_size > 10_000
+    frames = doc["frames"]
+    assert len(frames["t"]) > 100 and len(frames["latency_ms"]) == len(frames["t"])
+    assert [p["competitors"] for p in doc["phases"]] == [[], ["busy"], ["busy", "matmul x2t"], []]
+    assert all(p["started_s"] is not None for p in doc["phases"])
+    assert {"policy", "scenario"} <= {e["kind"] for e in doc["events"]}
+    s = doc["summary"]
+    assert 0.0 <= s["on_time"] <= 1.0 and s["frames"] == len(frames["t"])
+    # every competitor was started and is gone
+    pids = [pid for p in doc["phases"] for pid in p["pids"]]
+    assert len(pids) == 3 and not any(alive(p) for p in pids)
+    assert not [c for c in me.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_run_cli_bad_input_is_one_line(tmp_path, capsys):
+    rc = main(["run", "random:tiny", "--scenario", "nope", "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown scenario 'nope'" in err[0]
