@@ -1,0 +1,73 @@
+"""`dynadnn eval`: BN-calibrated top-1, MACs and parameters of super-network members."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="top-1 of members (BN re-calibrated per member), MACs and parameters",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate members of a super-network on the test split. Each member's BatchNorm statistics "
+                    "are re-estimated on training images first (as OFA does): the shared running statistics "
+                    "belong to no single member. --no-calibrate shows what happens without it.",
+        epilog="examples:\n"
+               "  dynadnn eval zoo:animals --data animals --subnets max,min,random:20\n"
+               "  dynadnn eval runs/quick/final.safetensors --subnets max,min --json")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, an OFA .pth, or zoo:NAME")
+    p.add_argument("--data", default=None, help="animals, digits or imagefolder:PATH (default: the checkpoint's)")
+    p.add_argument("--preset", default=None, help="preset for OFA .pth files whose shapes are ambiguous")
+    p.add_argument("--subnets", default="max,min,random:20", help="comma list of max, min, random:N (default "
+                                                                  "max,min,random:20)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random members")
+    p.add_argument("--calib-images", type=int, default=2000, help="training images for BN calibration (2000)")
+    p.add_argument("--no-calibrate", action="store_true", help="use the shared running statistics")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..data import load_dataset
+    from ..errors import UserError
+    from ..evaluate import evaluate_members, parse_subnets
+    from ..supernet import load_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    net, meta = load_checkpoint(args.checkpoint, args.preset)
+    spec = args.data or meta.get("data")
+    if not spec:
+        raise UserError(f"{args.checkpoint}: no dataset in its metadata; pass --data")
+    space = net.space
+    data = load_dataset(spec, image_size=max(space.resolutions), in_channels=space.in_channels)
+    if data.n_classes != space.n_classes or data.in_channels != space.in_channels:
+        raise UserError(f"--data {spec}: {data.in_channels} channel(s), {data.n_classes} classes; the checkpoint "
+                        f"expects {space.in_channels} and {space.n_classes}")
+    members = parse_subnets(args.subnets, space, args.seed)
+    console = Console(stderr=args.json)
+    with console.status(f"evaluating {len(members)} member(s)") as status:
+        done = []
+        rows = evaluate_members(net, data, members, calibrate_bn=not args.no_calibrate, n_calib=args.calib_images,
+                                with_cost=True, progress=lambda r: (done.append(r), status.update(
+                                    f"evaluated {len(done)}/{len(members)}")))
+    table = Table(title=f"{args.checkpoint} on {spec} ({data.n_test} test images, "
+                        f"{'BN calibrated' if not args.no_calibrate else 'shared BN statistics'})")
+    for col in ("member", "arch", "top-1 %", "MMACs", "params (k)"):
+        table.add_column(col, justify="left" if col in ("member", "arch") else "right")
+    from ..space import Arch
+
+    for r in rows:
+        table.add_row(r["name"], Arch.from_dict(r["arch"]).short(), f"{r['top1']:.2f}", f"{r['macs'] / 1e6:.2f}",
+                      f"{r['params'] / 1e3:.1f}")
+    console.print(table)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "data": spec, "calibrated": not args.no_calibrate,
+                          "members": rows}))
+    return 0

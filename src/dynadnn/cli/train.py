@@ -1,0 +1,93 @@
+"""`dynadnn train`: sandwich-rule super-network training (single process, or DDP under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from ..errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a super-network (sandwich rule, in-place distillation)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a weight-sharing super-network so that every member works: each step trains the max "
+                    "member on the labels and the min member plus N random members on the max member's soft "
+                    "outputs. SGD-Nesterov, cosine schedule with warm-up, channels-last. Writes OUT/last.safetensors "
+                    "every --checkpoint-every steps (atomically) and OUT/final.safetensors at the end.",
+        epilog="examples:\n"
+               "  dynadnn train --data animals --minutes 3 --out runs/quick\n"
+               "  dynadnn train --data animals --minutes 3 --out runs/quick --resume\n"
+               "  dynadnn train --data imagefolder:/data/imagenet --preset ofa_mbv3_w1.0 --epochs 5 --out runs/in\n"
+               "  torchrun --nproc_per_node 2 -m dynadnn train --data animals --epochs 1 --out runs/ddp")
+    p.add_argument("--data", default="animals", help="animals (default), digits or imagefolder:PATH")
+    p.add_argument("--preset", default="tiny", help="search-space preset or JSON file (default: tiny)")
+    p.add_argument("--out", required=True, help="output directory for checkpoints")
+    budget = p.add_argument_group("budget (one of)")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget; the schedule length is fixed from the "
+                                                      "speed of the first 10 steps")
+    budget.add_argument("--epochs", type=float, help="number of passes over the training split")
+    budget.add_argument("--steps", type=int, help="number of optimizer steps (fully reproducible)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=5e-5, help="on conv/linear weights only (default 5e-5)")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--n-random", type=int, default=1, help="random members per step besides max and min (default 1)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--no-sandwich", action="store_true", help="train the max member only (ablation)")
+    p.add_argument("--no-augment", action="store_true", help="no random shifts/rotations/flips")
+    p.add_argument("--dropout", type=float, default=None, help="classifier dropout (default: the preset's)")
+    p.add_argument("--micro-batches", type=int, default=1, help="split each batch and accumulate gradients "
+                                                               "(less memory; BN statistics per micro-batch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda under torchrun if available)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..train import Recipe, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (args.minutes or args.epochs or args.steps):
+        raise UserError("give a budget: --minutes, --epochs or --steps")
+    for name in ("batch_size", "n_random", "checkpoint_every", "micro_batches"):
+        if getattr(args, name) < (1 if name in ("batch_size", "micro_batches") else 0):
+            raise UserError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = args.device or ("cuda" if distributed and torch.cuda.is_available() else "cpu")
+    if distributed:
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    recipe = Recipe(preset=args.preset, data=args.data, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, n_random=args.n_random,
+                    warmup_epochs=args.warmup_epochs, epochs=args.epochs, minutes=args.minutes, steps=args.steps,
+                    augment=not args.no_augment, sandwich=not args.no_sandwich, dropout=args.dropout,
+                    micro_batches=args.micro_batches)
+    command = "dynadnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("dynadnn") \
+        else " ".join(shlex.quote(a) for a in ["dynadnn"] + sys.argv[sys.argv.index("train"):]) \
+        if "train" in sys.argv else "dynadnn train"
+    try:
+        result = train(recipe, args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                       progress=not args.no_progress, command=command, device=device)
+    finally:
+        if distributed and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        m = result.metrics
+        parts = [f"{result.steps} steps", f"{result.images_per_s:.0f} img/s", f"loss {result.last_loss:.3f}"]
+        parts += [f"{k} {v:.2f}%" for k, v in m.items() if k.startswith("top1_")]
+        print("trained: " + ", ".join(parts) + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))
+    return 0

@@ -1,0 +1,114 @@
+"""BN-calibrated evaluation of super-network members.
+
+A member's accuracy means little with the super-network's shared running statistics: they were averaged over
+every member trained, so the statistics of any one member are wrong and small members can fall to chance.
+As OFA does, each member is evaluated after re-estimating its BN statistics on training images
+(`SuperNet.calibrate_bn`, ~2000 images); `calibrate=False` shows the difference.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from .data import resize_batch
+from .errors import UserError
+from .space import Arch, SearchSpace
+from .supernet import SuperNet
+
+
+def count_macs(model: nn.Module, x: Tensor) -> int:
+    """Multiply-accumulates of one forward pass on `x` (batch 1), counted with hooks on Conv2d and Linear."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inp, out):
+        nonlocal total
+        k = m.weight.shape[2] * m.weight.shape[3]
+        total += out.shape[1] * out.shape[2] * out.shape[3] * k * (m.in_channels // m.groups)
+
+    def linear_hook(m: nn.Linear, inp, out):
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def member_cost(net: SuperNet, arch: Arch) -> tuple[int, int]:
+    """(MACs, parameters) of the member as a static network (BN folded, as the runtime runs it)."""
+    static = net.extract(arch).fuse().eval()
+    x = torch.zeros(1, net.space.in_channels, arch.r, arch.r)
+    params = sum(p.numel() for p in static.parameters())
+    return count_macs(static, x), params
+
+
+@torch.no_grad()
+def top1(net: SuperNet, arch: Arch, batches: Iterable[tuple[Tensor, Tensor]],
+         bn_stats: dict[str, Tensor] | None = None) -> float:
+    """Top-1 accuracy in percent of `arch` (run in place on the super-network) over `batches`."""
+    was_training = net.training
+    net.eval()
+    plan = net.plan(arch, bn_stats, fold_bn=True)
+    net.use_plan(plan)
+    correct = n = 0
+    for x, y in batches:
+        pred = net(resize_batch(x, arch.r)).argmax(1)
+        correct += int((pred == y).sum())
+        n += int(y.numel())
+    net.train(was_training)
+    if n == 0:
+        raise UserError("evaluation: the test split is empty")
+    return 100.0 * correct / n
+
+
+def calibrate(net: SuperNet, arch: Arch, data, n_images: int = 2000, seed: int = 0) -> dict[str, Tensor]:
+    batches = [resize_batch(x, arch.r) for x in data.calibration_batches(n_images, seed=seed)]
+    return net.calibrate_bn(arch, batches)
+
+
+def parse_subnets(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[str, Arch]]:
+    """`max,min,random:20` (random members are seeded, at random resolutions) or a JSON arch."""
+    out: list[tuple[str, Arch]] = []
+    rng = random.Random(seed)
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if part == "max":
+            out.append(("max", space.max_arch()))
+        elif part == "min":
+            out.append(("min", space.min_arch()))
+        elif part.startswith("random:"):
+            try:
+                n = int(part[7:])
+            except ValueError:
+                raise UserError(f"--subnets: '{part}': expected random:N with an integer N") from None
+            out += [(f"random{i}", space.sample(rng)) for i in range(n)]
+        else:
+            raise UserError(f"--subnets: '{part}': expected max, min or random:N")
+    if not out:
+        raise UserError("--subnets: empty (expected e.g. max,min,random:20)")
+    return out
+
+
+def evaluate_members(net: SuperNet, data, members: list[tuple[str, Arch]], calibrate_bn: bool = True,
+                     n_calib: int = 2000, with_cost: bool = False, progress=None) -> list[dict]:
+    """One row per member: name, arch (dict), top1 (%), and with `with_cost` its MACs and parameters."""
+    rows = []
+    test = list(data.test_batches())
+    for name, arch in members:
+        stats = calibrate(net, arch, data, n_calib) if calibrate_bn else None
+        row = {"name": name, "arch": arch.to_dict(), "top1": round(top1(net, arch, test, stats), 3)}
+        if with_cost:
+            row["macs"], row["params"] = member_cost(net, arch)
+        rows.append(row)
+        if progress:
+            progress(row)
+    return rows

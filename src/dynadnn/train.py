@@ -1,0 +1,390 @@
+"""Super-network training: the sandwich rule with in-place distillation.
+
+Each step trains several members of the weight-shared super-network on the same batch (BigNAS/OFA):
+
+- the max member, at the largest resolution, on the labels (cross-entropy with label smoothing);
+- the min member, at the smallest resolution, and `n_random` random members, at a resolution drawn for the
+  step, on the max member's soft outputs (in-place distillation: the largest network teaches the others).
+
+Without the sandwich (training only the max member) or without per-member BN re-calibration at evaluation,
+small members collapse; see BENCHMARKS.md. All members' losses are summed into one backward pass, so a step is
+one forward/backward of a module and DistributedDataParallel sees an ordinary step (`torchrun` runs one rank per
+process; every rank draws the same members because they are seeded by the step number).
+
+Determinism: every random choice of step `s` (members, resolution, dropout) is seeded by (seed, s), and the
+data order by (seed, epoch), so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .data import load_dataset, resize_batch
+from .errors import CheckpointError, UserError
+from .space import Arch, SearchSpace, load_space
+from .supernet import SuperNet, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .supernet.checkpoint import atomic_write
+
+
+@dataclass
+class Recipe:
+    """Everything that decides what a training run computes (stored in every checkpoint)."""
+
+    preset: str = "tiny"
+    data: str = "animals"
+    seed: int = 0
+    batch_size: int = 64  # global batch (split across ranks)
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.1
+    n_random: int = 2
+    warmup_epochs: float = 1.0
+    epochs: float | None = None
+    minutes: float | None = None
+    steps: int | None = None  # fixed when given; else from epochs, or from minutes after measuring speed
+    augment: bool = True
+    sandwich: bool = True  # False: train the max member only (the ablation)
+    dropout: float | None = None  # None: the preset's
+    channels_last: bool = True
+    micro_batches: int = 1  # split each batch, accumulate gradients (memory; or to mirror per-rank BN of DDP)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    images: int
+    seconds: float
+    images_per_s: float
+    last_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pure pieces
+# ----------------------------------------------------------------------------------------------------
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up, then cosine decay to zero at `total`."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * base * (1 + math.cos(math.pi * t))
+
+
+def step_members(space: SearchSpace, seed: int, step: int, n_random: int, sandwich: bool = True) -> list[Arch]:
+    """The members trained at `step`: max (largest r), min (smallest r), then random ones at one r drawn for
+    the step. A pure function of (seed, step): every rank and every resumed run draws the same."""
+    if not sandwich:
+        return [space.max_arch()]
+    rng = random.Random(seed * 1_000_003 + step)
+    r = rng.choice(space.resolutions)
+    return [space.max_arch(), space.min_arch()] + [space.sample(rng, r) for _ in range(n_random)]
+
+
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only; none on BN parameters, biases, or kernel matrices."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (decay if p.ndim == 4 or (p.ndim == 2 and "kernel_transforms" not in name) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class SandwichLoss(nn.Module):
+    """One step's loss over all members, as one module call (what DDP wraps)."""
+
+    def __init__(self, net: SuperNet, label_smoothing: float, channels_last: bool):
+        super().__init__()
+        self.net, self.label_smoothing, self.channels_last = net, label_smoothing, channels_last
+
+    def forward(self, x: Tensor, y: Tensor, members: list[Arch]) -> tuple[Tensor, Tensor]:
+        total, teacher = None, None
+        for i, arch in enumerate(members):
+            xi = resize_batch(x, arch.r)
+            if self.channels_last:
+                xi = xi.contiguous(memory_format=torch.channels_last)
+            self.net.set_active(arch)
+            logits = self.net(xi)
+            if i == 0:
+                loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+                teacher = F.softmax(logits.detach(), dim=1)
+                max_logits = logits.detach()
+            else:  # in-place distillation: soft cross-entropy against the max member
+                loss = -(teacher * F.log_softmax(logits, dim=1)).sum(1).mean()
+            total = loss if total is None else total + loss
+        return total, max_logits
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints: the model file (loadable anywhere) + a training-state file (optimizer, progress)
+# ----------------------------------------------------------------------------------------------------
+def state_path(ckpt: Path) -> Path:
+    return ckpt.with_name(ckpt.stem + ".train-state.safetensors")
+
+
+def save_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    tensors = {}
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                tensors[f"momentum.{gi}.{pi}"] = buf.detach().contiguous().cpu()
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"step": str(step)}))
+
+
+def load_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> bool:
+    """Restore momentum buffers if the state file belongs to the same step; False (and a warning) if not."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        warnings.warn(f"{path}: missing; resuming with fresh optimizer momentum", stacklevel=2)
+        return False
+    with safe_open(str(path), framework="pt") as fh:
+        saved = int((fh.metadata() or {}).get("step", -1))
+    if saved != step:
+        warnings.warn(f"{path}: is from step {saved}, the checkpoint from {step}; fresh momentum", stacklevel=2)
+        return False
+    tensors = load_file(str(path))
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            buf = tensors.get(f"momentum.{gi}.{pi}")
+            if buf is not None:
+                optimizer.state[p]["momentum_buffer"] = buf.to(p.device).clone()
+    return True
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: directory is not writable")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, checkpoint_every: int = 200,
+          evaluate_every: bool = True, progress: bool = True, command: str | None = None,
+          net: SuperNet | None = None, data=None, device: str = "cpu",
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train a super-network by the sandwich rule. Writes `out/last.safetensors` every `checkpoint_every`
+    steps and at the end (and `out/final.safetensors`), each with `out/<name>.train-state.safetensors`."""
+    from .evaluate import evaluate_members
+
+    rank, world = _dist()
+    space = load_space(recipe.preset)
+    if recipe.dropout is not None:
+        space = SearchSpace(**{**space.__dict__, "dropout": recipe.dropout})
+    if recipe.batch_size % (world * recipe.micro_batches):
+        raise UserError(f"--batch-size {recipe.batch_size}: must be divisible by {world} rank(s) x "
+                        f"{recipe.micro_batches} micro-batch(es)")
+    out = Path(out) if out is not None else None
+    if out is not None and rank == 0:
+        check_writable(out)
+
+    start_step, spent_before = 0, 0.0
+    ckpt = out / "last.safetensors" if out is not None else None
+    if resume:
+        if ckpt is None or not ckpt.is_file():
+            raise UserError(f"--resume: no checkpoint at {ckpt}")
+        saved_meta = read_checkpoint_meta(ckpt)
+        if saved_meta.get("preset") != space.name:
+            raise CheckpointError(f"--resume {ckpt}: checkpoint is for preset '{saved_meta.get('preset')}', "
+                                  f"this run trains '{space.name}'")
+        net, _ = load_checkpoint(ckpt)
+        if recipe.dropout is not None:
+            net.space = space
+        start_step = int(saved_meta.get("steps", 0))
+        saved = saved_meta.get("recipe", {})
+        if saved.get("steps"):
+            recipe.steps = int(saved["steps"])  # keep the schedule of the interrupted run
+        spent_before = float(saved_meta.get("train_seconds", 0.0))
+        if rank == 0:
+            print(f"resuming {ckpt} from step {start_step}", flush=True)
+    net = net or _seeded_net(space, recipe.seed)
+    data = data or load_dataset(recipe.data, image_size=max(space.resolutions), in_channels=space.in_channels)
+    if data.in_channels != space.in_channels or data.n_classes != space.n_classes:
+        raise UserError(f"--data {recipe.data}: {data.in_channels} channel(s) and {data.n_classes} classes, but preset "
+                        f"'{space.name}' expects {space.in_channels} and {space.n_classes}")
+    net.to(device)
+    if recipe.channels_last:
+        net.to(memory_format=torch.channels_last)
+    net.train()
+
+    steps_per_epoch = data.n_train // recipe.batch_size
+    if recipe.steps is None and recipe.epochs is not None:
+        recipe.steps = max(1, int(round(recipe.epochs * steps_per_epoch)))
+    if recipe.steps is None and recipe.minutes is None:
+        raise UserError("give a budget: --minutes, --epochs or --steps")
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+
+    module = SandwichLoss(net, recipe.label_smoothing, recipe.channels_last)
+    model = module
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True,
+                                                    device_ids=None if device == "cpu" else [torch.device(device).index])
+    optimizer = torch.optim.SGD(param_groups(net, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=True)
+    if resume:
+        load_training_state(state_path(ckpt), optimizer, start_step)
+
+    def meta(step: int, metrics: dict) -> dict:
+        return {"data": recipe.data, "dataset": data.describe(), "recipe": recipe.to_dict(), "seed": recipe.seed,
+                "steps": step, "metrics": metrics, "command": command or " ".join(sys.argv),
+                "world_size": world, "norm": {"mean": data.mean, "std": data.std},
+                "train_seconds": round(spent_before + time.perf_counter() - t0, 3)}
+
+    def save(step: int, metrics: dict, name: str = "last.safetensors") -> Path | None:
+        if out is None or rank != 0:
+            return None
+        path = out / name
+        save_training_state(state_path(path), optimizer, step)
+        save_checkpoint(net, path, meta(step, metrics))
+        return path
+
+    per_rank = recipe.batch_size // world
+    t0 = time.perf_counter()
+    step, images, last_loss, losses = start_step, 0, float("nan"), []
+    budget_s = recipe.minutes * 60 if recipe.minutes and recipe.steps is None else None
+    bar = _progress(progress and rank == 0)
+    task = bar.add_task("train", total=recipe.steps or 100) if bar else None
+    if bar:
+        bar.start()
+        bar.update(task, completed=step if budget_s is None else 100 * spent_before / budget_s)
+    epoch = step // steps_per_epoch
+    saved_at = step
+    try:
+        while True:
+            gen = torch.Generator().manual_seed(recipe.seed * 7919 + epoch)
+            batches = data.train_batches(per_rank, gen, recipe.augment, shard=(rank, world))
+            for _ in range(step - epoch * steps_per_epoch):  # resumed mid-epoch: replay the order, skip work
+                next(batches)
+            for x, y in batches:
+                if recipe.steps is not None and step >= recipe.steps:
+                    break
+                if budget_s is not None:
+                    # wall-clock budget: the cosine follows the fraction of the budget spent (rank 0's clock)
+                    frac = _agree((spent_before + time.perf_counter() - t0) / budget_s, world)
+                    if frac >= 1.0:
+                        break
+                    lr = lr_by_time(step, frac, warmup, recipe.lr)
+                else:
+                    lr = lr_at(step, recipe.steps, warmup, recipe.lr)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                torch.manual_seed(recipe.seed * 1_000_003 + step)  # dropout: same on every run
+                members = step_members(space, recipe.seed, step, recipe.n_random, recipe.sandwich)
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = 0.0
+                for xm, ym in zip(x.chunk(recipe.micro_batches), y.chunk(recipe.micro_batches)):
+                    part, _ = model(xm, ym, members)
+                    (part / recipe.micro_batches).backward()
+                    loss = loss + part.detach() / recipe.micro_batches
+                optimizer.step()
+                step += 1
+                images += x.shape[0] * world
+                last_loss = float(loss.detach())
+                losses.append(last_loss)
+                if on_step:
+                    on_step(step, last_loss)
+                if bar:
+                    rate = images / max(1e-9, time.perf_counter() - t0)
+                    bar.update(task, completed=step if budget_s is None else 100 * frac,
+                               description=f"train loss {last_loss:.3f} {rate:.0f} img/s")
+                    if not bar.console.is_terminal and step % 25 == 0:  # a log file still sees progress
+                        print(f"step {step}/{recipe.steps} loss {sum(losses[-25:]) / len(losses[-25:]):.4f} "
+                              f"lr {lr:.4f} {rate:.1f} img/s {time.perf_counter() - t0:.0f}s", flush=True)
+                if out is not None and checkpoint_every and step % checkpoint_every == 0 and \
+                        (recipe.steps is None or step < recipe.steps):
+                    metrics = {"train_loss": sum(losses[-50:]) / len(losses[-50:])}
+                    save(step, metrics)
+                    saved_at = step
+                    net.train()
+            else:
+                epoch += 1
+                continue
+            break
+    finally:
+        if bar:
+            bar.stop()
+    seconds = time.perf_counter() - t0
+    metrics: dict[str, float] = {"train_loss": sum(losses[-50:]) / max(1, len(losses[-50:]))}
+    if evaluate_every and rank == 0:
+        net.eval()
+        for row in evaluate_members(net, data, [("max", space.max_arch()), ("min", space.min_arch())]):
+            metrics[f"top1_{row['name']}"] = row["top1"]
+        net.train()
+    metrics["images_per_s"] = images / max(1e-9, seconds)
+    if world > 1:
+        metrics["ranks_identical"] = float(ranks_identical(net))
+    path = None
+    if out is not None and rank == 0:
+        path = save(step, metrics)
+        save(step, metrics, "final.safetensors")
+    return TrainResult(step, images, seconds, images / max(1e-9, seconds), last_loss, metrics, path)
+
+
+def ranks_identical(net: nn.Module) -> bool:
+    """True if every rank holds bit-identical parameters (DDP keeps them in step; this checks it)."""
+    flat = torch.cat([p.detach().flatten().double().cpu() for p in net.parameters()])
+    digest = torch.tensor([float(flat.sum()), float((flat * torch.arange(flat.numel(), dtype=torch.float64)).sum())])
+    gathered = [torch.zeros_like(digest) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def lr_by_time(step: int, frac: float, warmup: int, base: float) -> float:
+    """`--minutes` schedule: warm-up ends after `warmup` steps or 5 % of the budget, whichever comes first;
+    then cosine over the fraction of the wall-clock budget spent."""
+    warm = min(1.0, max((step + 1) / max(1, warmup), frac / 0.05))
+    return base * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _agree(value: float, world: int) -> float:
+    """All ranks must follow the same schedule: take rank 0's value."""
+    if world > 1:
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.broadcast(t, 0)
+        value = float(t)
+    return value
+
+
+def _seeded_net(space: SearchSpace, seed: int) -> SuperNet:
+    torch.manual_seed(seed)
+    return SuperNet(space)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), transient=False)
