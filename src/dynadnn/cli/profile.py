@@ -71,10 +71,10 @@ def profile_device(net, contexts: list[str], out: Path, resolutions: list[int] |
         for ctx in contexts:
             n_layers = count_layers(space, res)
             task = bar.add_task(f"{ctx}: layers", total=n_layers)
-            entries, meta = profile_layers(space, ctx, res, runs, warmup, progress=lambda: bar.advance(task))
+            entries, meta = profile_layers(space, ctx, res, runs, warmup, progress=lambda k: bar.advance(task, k))
             table = LatencyTable(space, ctx, entries, f"profile {ctx}")
             task = bar.add_task(f"{ctx}: members", total=members)
-            check = check_members(net, table, members, runs=member_runs, progress=lambda: bar.advance(task))
+            check = check_members(net, table, members, runs=member_runs, progress=lambda k: bar.advance(task, k))
             table.correction = check.fit()
             meta.update({"report": check.report, "checkpoint": checkpoint,
                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

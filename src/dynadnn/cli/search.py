@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         tables = load_tables(profile_dir, space, contexts)
 
     # accuracy
-    data_spec = args.data or meta.get("dataset") or "animals"
+    data_spec = args.data or next((v for v in (meta.get("data"), meta.get("dataset")) if isinstance(v, str)), "animals")
     data = load_dataset(data_spec, image_size=max(space.resolutions), in_channels=space.in_channels)
     calib = data.calibration_batches(args.calib_images, 200, seed=args.seed)
     if args.predictor:

@@ -109,6 +109,44 @@ def time_call(fn: Callable[[], Any], runs: int, warmup: int, device: str = "cpu"
                   float(arr.std()), len(samples))
 
 
+def time_interleaved(calls: Sequence[Callable[[], Any]], runs: int, warmup: int, device: str = "cpu",
+                     per_round: int = 5, progress=None) -> list[Timing]:
+    """Time many callables round-robin: `per_round` runs of each in turn until each has `runs`. A burst of
+    load from another process then spreads over all of them instead of spoiling one, which matters on a
+    shared machine; each result is the median of its own runs."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    samples: list[list[float]] = [[] for _ in calls]
+    for fn in calls:
+        for _ in range(warmup):
+            fn()
+    sync()
+    rounds = max(1, -(-runs // per_round))
+    for r in range(rounds):
+        for i, fn in enumerate(calls):
+            for _ in range(min(per_round, runs - r * per_round)):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                samples[i].append((time.perf_counter() - t0) * 1e3)
+        if progress:
+            progress(len(calls) / rounds)
+    out = []
+    for arr in map(np.asarray, samples):
+        out.append(Timing(float(np.median(arr)), float(np.percentile(arr, 95)), float(arr.mean()), float(arr.std()),
+                          len(arr)))
+    return out
+
+
+def _runner(module: nn.Module, shape: Sequence[int], device: str) -> Callable[[], Any]:
+    module = module.to(device).eval()
+    x = torch.randn(*shape, device=device)
+
+    def call():
+        with torch.inference_mode():
+            return module(x)
+    return call
+
+
 def time_module(module: nn.Module, shape: Sequence[int], runs: int, warmup: int, device: str = "cpu") -> Timing:
     module = module.to(device).eval()
     x = torch.randn(*shape, device=device)
@@ -160,13 +198,14 @@ def profile_layers(space: SearchSpace, context: str, resolutions: Sequence[int] 
                         todo.append((r, layer, False))
     entries: dict[int, dict[str, dict]] = {r: {} for r in resolutions}
     try:
-        for r, layer, first in todo:
-            if layer.key in entries[r]:
-                continue
-            module, shape = layer_module(layer, space, first_block=first)
-            entries[r][layer.key] = time_module(module, shape, runs, warmup, device).entry()
-            if progress:
-                progress()
+        with torch.inference_mode():
+            for r in resolutions:
+                layers = [(layer, first) for rr, layer, first in todo if rr == r]
+                calls = [_runner(*layer_module(layer, space, first_block=first), device) for layer, first in layers]
+                timings = time_interleaved(calls, runs, warmup, device,
+                                           progress=(lambda k: progress(k)) if progress else None)
+                for (layer, _), t in zip(layers, timings):
+                    entries[r][layer.key] = t.entry()
     finally:
         torch.set_num_threads(old)
     meta["load_after"] = system_load()
@@ -230,13 +269,10 @@ def time_members(net, archs: Sequence[Arch], context: str, runs: int = 30, warmu
     device, threads = context_device(context)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    out = []
     try:
-        for arch in archs:
-            model = net.extract(arch).fuse()
-            out.append(time_module(model, (1, net.space.in_channels, arch.r, arch.r), runs, warmup, device))
-            if progress:
-                progress()
+        calls = [_runner(net.extract(arch).fuse(), (1, net.space.in_channels, arch.r, arch.r), device) for arch in archs]
+        out = time_interleaved(calls, runs, warmup, device, per_round=max(1, min(5, runs // 3)),
+                               progress=(lambda k: progress(k)) if progress else None)
     finally:
         torch.set_num_threads(old)
     return out
