@@ -81,3 +81,14 @@ def test_pick_spread_covers_the_front_not_neighbours():
     idx = pick_spread(lat, lat, 5)
     assert idx[0] == 0 and idx[-1] == 199 and len(set(idx)) == 5
     assert np.all(np.diff(np.log(lat[idx])) > 0.5)
+
+
+def test_polish_keeps_picks_within_budget_and_never_loses_accuracy(predictors):
+    budgets = {"jetson_cpu": [1100.0, 1500.0]}
+    base = NSGA2Search(population=30, generations=5, refine_generations=0, budgets=budgets).search(problem(predictors))
+    pol = NSGA2Search(population=30, generations=5, refine_generations=0, polish_rounds=3,
+                      budgets=budgets).search(problem(predictors))
+    for b in budgets["jetson_cpu"]:
+        row, acc = pol.best_within("jetson_cpu", b)
+        assert pol.latency[row, pol.contexts.index("jetson_cpu")] <= b
+        assert acc >= base.best_within("jetson_cpu", b)[1] - 1e-9

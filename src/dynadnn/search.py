@@ -4,11 +4,13 @@ One `SearchProblem` = predicted accuracy (maximise) and predicted latency in one
 contexts (minimise), all vectorised over integer gene arrays (see `predict.genes`). Every in-range gene
 row is a valid architecture, so both searchers build only feasible candidates and never repair.
 
-* `NSGA2Search`: one NSGA-II run (pymoo) over all objectives at once; every evaluated architecture goes
-  into an archive whose non-dominated set is the result. Optionally the best archive member under each
-  given latency budget is then polished by a batched local search (all single-gene moves, then pairs
-  of one accuracy-gaining and one latency-saving move), which is what makes one run as good as a
-  dedicated search per budget.
+* `NSGA2Search`: one NSGA-II run over all objectives at once (integer genes; pymoo's non-dominated sorting,
+  crowding distance and hypervolume); every evaluated architecture goes into an archive whose
+  non-dominated set is the result. Given latency budgets, a budget-niche evolution follows: each budget
+  breeds from its best members within budget and every child counts for all budgets it meets, so one run
+  serves every budget of every context. An optional batched local search (`polish_rounds`) then tries
+  all one-step moves and compound moves (one that gains accuracy plus the cheapest latency savings that
+  bring it back within budget) from each budget's pick.
 * `EvolutionSweep`: Dynamic-OFA's procedure, kept faithful as the baseline: OFA's regularised evolution
   (population 100, 500 generations, 25 % parents, half mutation half crossover, mutation probability 0.1),
   one run per latency budget and context, feasibility by re-drawing infeasible children; with a retry cap
@@ -146,7 +148,7 @@ def _unique_rows(genes: np.ndarray, coding: GeneCoding) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Ours: NSGA-II (pymoo) + archive + per-budget polish
+# Ours: NSGA-II + archive + budget niches (+ optional local polish)
 # ------------------------------------------------------------------------------------------------------
 @dataclass
 class NSGA2Search:
