@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
                                             args.eval_images)
         fit = report.to_dict()
         print(f"accuracy predictor: held-out RMSE {report.rmse:.2f} points, Kendall tau {report.kendall_tau:.3f} "
-              f"({report.n_train} train / {report.n_test} held out)")
+              f"(5-fold cross-validation over {report.n_test} measured members)")
 
     # search: spread targets in the first context, refined by budget niches
     problem = SearchProblem.from_predictors(predictor, tables)

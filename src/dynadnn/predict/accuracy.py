@@ -42,7 +42,8 @@ def build_mlp(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
 
 @dataclass
 class FitReport:
-    """How well a trained predictor ranks and fits held-out architectures (top-1 in percent)."""
+    """How well a trained predictor ranks and fits held-out architectures (top-1 in percent): `n_test`
+    pairs, each predicted by a model trained on `n_train` others (k-fold cross-validation)."""
 
     n_train: int
     n_test: int
@@ -166,24 +167,25 @@ class AccuracyPredictor:
     # --- training -------------------------------------------------------------------------------
     @classmethod
     def fit(cls, space: SearchSpace, archs: Sequence[Arch], top1: Sequence[float], *, hidden: Sequence[int] = OFA_HIDDEN,
-            test_fraction: float = 0.2, epochs: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4,
+            folds: int = 5, epochs: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4,
             seed: int = 0) -> tuple["AccuracyPredictor", FitReport]:
-        """Train on (architecture, measured top-1 in percent) pairs; the report is on a held-out split,
-        and the returned predictor is then refitted on all pairs."""
+        """Train on (architecture, measured top-1 in percent) pairs. The report is k-fold cross-validated:
+        every pair is predicted by a model that never saw it (RMSE and Kendall tau over all pairs, steadier
+        than one small held-out split); the returned predictor is then fitted on all pairs."""
         if len(archs) != len(top1) or len(archs) < 10:
             raise UserError(f"accuracy predictor: need at least 10 (arch, top-1) pairs, got {len(archs)} archs "
                             f"and {len(top1)} values")
         x = space.encode_many(list(archs))
         y = np.asarray(top1, dtype=np.float64) / 100.0
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(x))
-        n_test = max(2, int(round(test_fraction * len(x))))
-        test, train = order[:n_test], order[n_test:]
-        model = _train_mlp(x[train], y[train], hidden, epochs, lr, weight_decay, seed)
-        held = cls(space, hidden, model)
-        pred = held.predict_encoded(x[test])
-        rmse = float(math.sqrt(np.mean((pred - y[test] * 100.0) ** 2)))
-        report = FitReport(len(train), len(test), rmse, kendall_tau(pred, y[test]), epochs)
+        order = np.random.default_rng(seed).permutation(len(x))
+        held = np.empty(len(x))
+        for k in range(folds):
+            test = order[k::folds]
+            train = np.setdiff1d(order, test)
+            model = _train_mlp(x[train], y[train], hidden, epochs, lr, weight_decay, seed + k)
+            held[test] = cls(space, hidden, model).predict_encoded(x[test])
+        rmse = float(math.sqrt(np.mean((held - y * 100.0) ** 2)))
+        report = FitReport(len(x) - len(x) // folds, len(x), rmse, kendall_tau(held, y), epochs)
         final = _train_mlp(x, y, hidden, epochs, lr, weight_decay, seed)
         return cls(space, hidden, final, {"origin": "dynadnn", "fit": report.to_dict()}), report
 
