@@ -74,8 +74,8 @@ def test_short_run_lowers_the_loss_and_writes_a_loadable_checkpoint(tmp_path, di
 
 
 def test_training_is_deterministic_given_the_seed(tmp_path, digits):
-    a = train(small(steps=3), tmp_path / "a", data=digits, progress=False, evaluate_every=False)
-    b = train(small(steps=3), tmp_path / "b", data=digits, progress=False, evaluate_every=False)
+    a = train(small(steps=3), tmp_path / "a", data=digits, progress=False, evaluate_at_end=False)
+    b = train(small(steps=3), tmp_path / "b", data=digits, progress=False, evaluate_at_end=False)
     wa, wb = load_file(str(a.checkpoint)), load_file(str(b.checkpoint))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
@@ -98,7 +98,7 @@ def test_resume_refuses_a_checkpoint_of_another_preset(tmp_path, digits):
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "dynadnn", "train", "--data", "digits", "--steps", "24", "--batch-size", "16",
+    return [sys.executable, "-m", "dynadnn", "train", "--data", "digits", "--steps", "16", "--batch-size", "16", "--no-eval",
             "--n-random", "0", "--lr", "0.05", "--warmup-epochs", "0.05", "--threads", "1", "--no-progress",
             "--checkpoint-every", "4", "--out", str(out), *extra]
 
@@ -109,20 +109,20 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
     ckpt = out / "last.safetensors"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it once it has written a checkpoint past step 4
-        if ckpt.is_file() and read_checkpoint_meta(ckpt).get("steps", 0) >= 8:
+        if ckpt.is_file() and read_checkpoint_meta(ckpt).get("steps", 0) >= 4:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = read_checkpoint_meta(ckpt)["steps"]
-    assert 8 <= killed_at < 24
+    assert 4 <= killed_at < 16
     resumed = subprocess.run(_cli(out, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"from step {killed_at}" in resumed.stdout
     straight = subprocess.run(_cli(tmp_path / "straight"), env=ENV, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     a, b = load_file(str(out / "final.safetensors")), load_file(str(tmp_path / "straight" / "final.safetensors"))
-    assert read_checkpoint_meta(out / "final.safetensors")["steps"] == 24
+    assert read_checkpoint_meta(out / "final.safetensors")["steps"] == 16
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst < 1e-5, f"resumed run differs from an uninterrupted one by {worst}"
 
@@ -140,7 +140,7 @@ def test_ddp_two_ranks_agree_and_match_one_process(tmp_path):
     """2 gloo ranks with 8 images each == 1 process with 16 images in 2 micro-batches: BN normalises each
     rank's (micro-)batch on its own and DDP averages the gradients, exactly what micro-batching computes.
     Dropout and augmentation are off (their random draws are per-process)."""
-    common = ["--data", "digits", "--steps", "4", "--batch-size", "16", "--n-random", "1", "--lr", "0.05",
+    common = ["--data", "digits", "--steps", "3", "--batch-size", "16", "--n-random", "1", "--no-eval", "--lr", "0.05",
               "--warmup-epochs", "0.05", "--threads", "1", "--no-progress", "--no-augment", "--dropout", "0",
               "--checkpoint-every", "0"]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

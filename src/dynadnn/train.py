@@ -190,7 +190,7 @@ def _dist() -> tuple[int, int]:
 
 
 def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, checkpoint_every: int = 200,
-          evaluate_every: bool = True, progress: bool = True, command: str | None = None,
+          evaluate_at_end: bool = True, progress: bool = True, command: str | None = None,
           net: SuperNet | None = None, data=None, device: str = "cpu",
           on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a super-network by the sandwich rule. Writes `out/last.safetensors` every `checkpoint_every`
@@ -247,7 +247,7 @@ def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, check
     module = SandwichLoss(net, recipe.label_smoothing, recipe.channels_last)
     model = module
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True,
+        model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True, bucket_cap_mb=256,
                                                     device_ids=None if device == "cpu" else [torch.device(device).index])
     optimizer = torch.optim.SGD(param_groups(net, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
                                 nesterov=True)
@@ -336,7 +336,7 @@ def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, check
             bar.stop()
     seconds = time.perf_counter() - t0
     metrics: dict[str, float] = {"train_loss": sum(losses[-50:]) / max(1, len(losses[-50:]))}
-    if evaluate_every and rank == 0:
+    if evaluate_at_end and rank == 0:
         net.eval()
         for row in evaluate_members(net, data, [("max", space.max_arch()), ("min", space.min_arch())]):
             metrics[f"top1_{row['name']}"] = row["top1"]

@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-eval", action="store_true", help="skip the calibrated test of max/min at the end")
     p.set_defaults(func=run)
 
 
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         if "train" in sys.argv else "dynadnn train"
     try:
         result = train(recipe, args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
-                       progress=not args.no_progress, command=command, device=device)
+                       progress=not args.no_progress, command=command, device=device,
+                       evaluate_at_end=not args.no_eval)
     finally:
         if distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
