@@ -1,0 +1,90 @@
+"""Evaluation: MACs counting, member parsing, calibrated top-1 and the `dynadnn eval` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dynadnn.data import load_dataset
+from dynadnn.errors import UserError
+from dynadnn.evaluate import count_macs, evaluate_members, member_cost, parse_subnets
+from dynadnn.space import load_space
+from dynadnn.supernet import SuperNet
+from dynadnn.train import Recipe, train
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny super-network trained for a few steps on digits (the data the tests can afford)."""
+    out = tmp_path_factory.mktemp("digits")
+    data = load_dataset("digits")
+    recipe = Recipe(data="digits", batch_size=32, n_random=1, lr=0.1, warmup_epochs=0.1, steps=20)
+    torch.set_num_threads(1)
+    res = train(recipe, out, data=data, progress=False, evaluate_at_end=False)
+    return res.checkpoint, data
+
+
+def test_count_macs_matches_the_formula():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 5, stride=2, padding=2, groups=8),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+    expected = 8 * 8 * 8 * 9 * 3 + 8 * 4 * 4 * 25 * 1 + 128 * 10
+    assert count_macs(model, torch.zeros(1, 3, 8, 8)) == expected
+
+
+def test_member_cost_orders_max_above_min():
+    net = SuperNet(load_space("tiny")).eval()
+    space = net.space
+    (max_macs, max_params), (min_macs, min_params) = member_cost(net, space.max_arch()), member_cost(net, space.min_arch())
+    assert max_macs > 3 * min_macs and max_params > min_params
+
+
+def test_parse_subnets():
+    space = load_space("tiny")
+    members = parse_subnets("max,min,random:3", space)
+    assert [n for n, _ in members] == ["max", "min", "random0", "random1", "random2"]
+    assert members == parse_subnets("max,min,random:3", space)  # seeded
+    for bad in ("biggest", "random:x", ""):
+        with pytest.raises(UserError, match="--subnets"):
+            parse_subnets(bad, space)
+
+
+def test_calibrated_evaluation(trained):
+    ckpt, data = trained
+    from dynadnn.supernet import load_checkpoint
+
+    net, _ = load_checkpoint(ckpt)
+    members = [("max", net.space.max_arch()), ("min", net.space.min_arch())]
+    rows = evaluate_members(net, data, members, n_calib=500)
+    assert all(0 <= r["top1"] <= 100 for r in rows)
+    assert rows[0]["top1"] > 20  # better than chance after 20 steps
+    # evaluation leaves the super-network untouched: evaluating twice gives the same numbers
+    assert evaluate_members(net, data, members, n_calib=500) == rows
+
+
+def test_eval_cli_json_last_line(trained):
+    ckpt, _ = trained
+    r = subprocess.run([sys.executable, "-m", "dynadnn", "eval", str(ckpt), "--subnets", "max,min,random:1",
+                        "--calib-images", "300", "--threads", "1", "--json"],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    names = [m["name"] for m in doc["members"]]
+    assert names == ["max", "min", "random0"] and doc["data"] == "digits"
+    mx, mn = doc["members"][0], doc["members"][1]
+    assert mx["macs"] > mn["macs"] and mx["params"] > mn["params"] and set(mx) == {"name", "arch", "top1", "macs", "params"}
+
+
+def test_eval_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dynadnn", "eval", str(tmp_path / "nope.safetensors")],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no such checkpoint" in r.stderr and r.stderr.count("\n") == 1
