@@ -143,3 +143,22 @@ def test_decision_time_is_recorded_per_inference(source):
             mgr.predict(X)
         d = mgr.decision_us()
         assert len(d) == 50 and (d > 0).all()
+
+
+def test_hand_picked_family_from_a_checkpoint_is_cached_as_a_family_directory(tmp_path, monkeypatch):
+    from dynadnn.family import Family
+    from dynadnn.supernet import SuperNet
+    from dynadnn.supernet.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("DYNADNN_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    ck = save_checkpoint(SuperNet(load_space("tiny")), tmp_path / "net.safetensors", {"preset": "tiny"})
+    first = load_family(str(ck), dataset="digits", k=2, calib_images=100)
+    dirs = list((tmp_path / "cache" / "families").iterdir())
+    assert len(dirs) == 1
+    fam = Family.load(dirs[0])
+    assert [m.arch for m in fam.members] == first.archs
+    again = load_family(str(ck), dataset="digits", k=2)
+    assert again.origin.get("cache") == str(dirs[0]) and again.top1 == pytest.approx(first.top1)
+    for a, b in zip(first.bn_stats, again.bn_stats):
+        assert all(torch.equal(a[key], b[key]) for key in a)

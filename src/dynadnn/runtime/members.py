@@ -111,6 +111,9 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
         supernet, meta = load_checkpoint(spec)
         dataset = meta.get("dataset", dataset) or dataset
         origin = {"kind": "hand-picked", "checkpoint": spec}
+        cached = _cached_hand_picked(spec, dataset, k, supernet)
+        if cached is not None:
+            return cached
     data = load_dataset(dataset)
     if data.in_channels != supernet.space.in_channels:
         raise UserError(f"dataset '{dataset}' has {data.in_channels} channels; preset '{supernet.space.name}' "
@@ -119,4 +122,55 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
     bn = calibrate_members(supernet, archs, data.calibration_batches(calib_images))
     top1 = [measure_top1(supernet, a, b, data) for a, b in zip(archs, bn)]
     names = [f"m{i}" for i in range(len(archs))]
-    return FamilySource(supernet, archs, bn, top1, names, dataset, origin)
+    source = FamilySource(supernet, archs, bn, top1, names, dataset, origin)
+    if origin["kind"] == "hand-picked":
+        _save_hand_picked(spec, dataset, k, source)
+    return source
+
+
+# --- a hand-picked ladder is saved as a real family directory, so the next run skips calibration -------
+def _cache_dir(spec: str, dataset: str, k: int) -> Path | None:
+    import os
+
+    from ..family import sha256_file
+    from ..supernet.checkpoint import resolve_checkpoint_path
+
+    try:
+        sha = sha256_file(resolve_checkpoint_path(spec))
+    except Exception:  # noqa: BLE001 - no cache then
+        return None
+    root = Path(os.environ.get("DYNADNN_CACHE", Path.home() / ".cache" / "dynadnn"))
+    return root / "families" / f"{sha[:16]}-{dataset.replace(':', '_').replace('/', '_')}-k{k}"
+
+
+def _cached_hand_picked(spec: str, dataset: str, k: int, supernet: SuperNet) -> FamilySource | None:
+    d = _cache_dir(spec, dataset, k)
+    if d is None or not (d / "family.json").is_file():
+        return None
+    try:
+        from ..family import Family
+
+        fam = Family.load(d, preset=supernet.space.name)
+    except UserError:
+        return None
+    if any(m.top1 is None for m in fam.members):
+        return None
+    return FamilySource(supernet, [m.arch for m in fam.members], [dict(m.bn_stats) for m in fam.members],
+                        [float(m.top1) for m in fam.members], [f"m{i}" for i in range(len(fam.members))], dataset,
+                        {"kind": "hand-picked", "checkpoint": spec, "cache": str(d)})
+
+
+def _save_hand_picked(spec: str, dataset: str, k: int, source: FamilySource) -> None:
+    d = _cache_dir(spec, dataset, k)
+    if d is None:
+        return
+    try:
+        from ..family import Family, Member, sha256_file
+        from ..supernet.checkpoint import resolve_checkpoint_path
+
+        members = [Member(a, b, top1_measured=t) for a, b, t in zip(source.archs, source.bn_stats, source.top1)]
+        Family(source.supernet.space.name, [], members, checkpoint=spec,
+               checkpoint_sha256=sha256_file(resolve_checkpoint_path(spec)),
+               provenance={"made_by": "dynadnn.runtime.members (hand-picked ladder)", "dataset": dataset}).save(d)
+    except (OSError, UserError):
+        pass  # a cache that cannot be written only costs time
