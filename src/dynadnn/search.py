@@ -155,12 +155,12 @@ class NSGA2Search:
     """One NSGA-II run over accuracy and every context's latency."""
 
     population: int = 100
-    generations: int = 60
+    generations: int = 40
     mutate_prob: float = 0.1  # per gene
     seed: int = 0
     budgets: Mapping[str, Sequence[float]] = field(default_factory=dict)  # polish the pick under each
-    refine_generations: int = 60  # budget-niche evolution after the NSGA-II run (0: none)
-    refine_parents: int = 20
+    refine_generations: int = 80  # budget-niche evolution after the NSGA-II run (0: none)
+    refine_parents: int = 30
     refine_children: int = 30  # per budget and generation
     polish_rounds: int = 0  # local search rounds per budget at the end (0: none)
     pair_candidates: int = 64
