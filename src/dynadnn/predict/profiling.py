@@ -271,7 +271,7 @@ def time_members(net, archs: Sequence[Arch], context: str, runs: int = 30, warmu
     torch.set_num_threads(threads)
     try:
         calls = [_runner(net.extract(arch).fuse(), (1, net.space.in_channels, arch.r, arch.r), device) for arch in archs]
-        out = time_interleaved(calls, runs, warmup, device, per_round=max(1, min(5, runs // 3)),
+        out = time_interleaved(calls, runs, warmup, device, per_round=2,
                                progress=(lambda k: progress(k)) if progress else None)
     finally:
         torch.set_num_threads(old)
