@@ -45,11 +45,11 @@ def find_reference(arg: str | None) -> Path:
 
 
 def normalised_hv(acc: np.ndarray, lat: np.ndarray, contexts: list[str]) -> float:
+    """Hypervolume with every objective scaled to [0, 1] (0 = best corner of BOX, 1 = reference point)."""
     lo, hi = BOX["acc"]
-    a = (acc - lo) / (hi - lo) * (hi - lo) + lo  # kept in percent for hypervolume's sign convention below
-    f_acc = (hi - a) / (hi - lo)
+    acc_loss = (hi - acc) / (hi - lo)  # minimised; `hypervolume` maximises its first argument, so negate
     cols = [(lat[:, i] - BOX[c][0]) / (BOX[c][1] - BOX[c][0]) for i, c in enumerate(contexts)]
-    return hypervolume(-f_acc, np.column_stack(cols), -1.0, [1.0] * len(contexts))
+    return hypervolume(-acc_loss, np.column_stack(cols), -1.0, [1.0] * len(contexts))
 
 
 def main() -> int:

@@ -537,7 +537,7 @@ class EvolutionSweep:
         n_par = int(round(self.parent_ratio * self.population))
 
         def feasible(g: np.ndarray) -> np.ndarray:
-            problem.evaluations += 0  # latency-only checks are cheap; counted with accuracy below
+            # latency-only checks (the re-draw loop) are not counted as evaluations; accuracy calls are
             return lat_fn(g) <= budget
 
         # random initial population, each sample re-drawn until feasible
