@@ -49,7 +49,7 @@ class Recipe:
     data: str = "animals"
     seed: int = 0
     batch_size: int = 64  # global batch (split across ranks)
-    lr: float = 0.1
+    lr: float = 0.15
     momentum: float = 0.9
     weight_decay: float = 5e-5
     label_smoothing: float = 0.1

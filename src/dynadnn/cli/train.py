@@ -32,10 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     budget.add_argument("--epochs", type=float, help="number of passes over the training split")
     budget.add_argument("--steps", type=int, help="number of optimizer steps (fully reproducible)")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    p.add_argument("--lr", type=float, default=0.15, help="peak learning rate (default 0.15)")
     p.add_argument("--weight-decay", type=float, default=5e-5, help="on conv/linear weights only (default 5e-5)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--n-random", type=int, default=1, help="random members per step besides max and min (default 1)")
+    p.add_argument("--n-random", type=int, default=None,
+                   help="random members per step besides max and min (default 1; 0 for --minutes under 10, where "
+                        "each extra member would cost a third of the few steps there are)")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--no-sandwich", action="store_true", help="train the max member only (ablation)")
     p.add_argument("--no-augment", action="store_true", help="no random shifts/rotations/flips")
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not (args.minutes or args.epochs or args.steps):
         raise UserError("give a budget: --minutes, --epochs or --steps")
+    if args.n_random is None:
+        args.n_random = 0 if args.minutes and args.minutes < 10 else 1
     for name in ("batch_size", "n_random", "checkpoint_every", "micro_batches"):
         if getattr(args, name) < (1 if name in ("batch_size", "micro_batches") else 0):
             raise UserError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
