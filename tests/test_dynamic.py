@@ -169,7 +169,7 @@ def test_bad_arguments_are_user_errors(setup):
 def test_demo_runs_and_prints_the_member_table(capsys):
     from dynadnn.cli import main
 
-    assert main(["demo", "--members", "2", "--runs", "2"]) == 0
+    assert main(["demo", "--members", "2", "--runs", "2", "--switch-only"]) == 0
     out = capsys.readouterr().out
     assert "resident members of 'tiny'" in out and "switch (pointer swap)" in out
     assert main(["demo", "--members", "1"]) == 2

@@ -1,8 +1,10 @@
-"""`dynadnn demo`: the tiny super-network made dynamic, end to end in well under a minute.
+"""`dynadnn demo`: the main job end to end on the embedded default.
 
-Steps (each a small function, so the demo can grow into the full pipeline): load the super-network
-(`zoo:animals` when it is shipped, else random weights, said so), choose a few members, calibrate their
-BN statistics, make them resident in a `DynamicNetwork`, then switch among them and time it."""
+Part 1 (`--switch-only` stops after it, in well under a minute): load the super-network (`zoo:animals`,
+else random weights, said so), calibrate a few members, make them resident in a `DynamicNetwork`, switch
+among them and time it. Part 2, the pipeline, runs the same sub-commands a user would, in this process:
+profile this machine, search a Pareto family, plot it, then run the contention scenario (real competing
+processes) under the `feedback` manager and the `dofa` baseline, and print a summary with the paths."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -30,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--runs", type=int, default=30, help="timed batch-1 inferences per member (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed for the member choice (default 0)")
+    p.add_argument("--switch-only", action="store_true",
+                   help="stop after part 1 (switching among resident members)")
+    p.add_argument("--out", default="runs/demo", help="directory for the pipeline's artifacts (default runs/demo)")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="seconds of the contention scenario per policy (default 30)")
     p.set_defaults(func=run)
 
 
@@ -189,4 +197,47 @@ def run(args: argparse.Namespace) -> int:
     switch_us = time_switches(dyn)
     accs = accuracy(dyn, source.data if source.trained else None)
     report(source, dyn, latency, switch_us, accs)
+    if args.switch_only:
+        return 0
+    if not source.trained:
+        raise UserError("the pipeline needs the shipped model zoo:animals, which is not available; "
+                        "run `dynadnn demo --switch-only` or train one with `dynadnn train`")
+    return pipeline(Path(args.out), args.duration)
+
+
+def pipeline(out: Path, duration: float) -> int:
+    """profile -> search -> plot -> run (feedback and dofa under contention) -> summary."""
+    from rich.console import Console
+
+    from . import main as cli
+
+    console = Console(width=None if Console().is_terminal else 120)
+    steps = [
+        ("profile this machine (per-layer latency tables, 1 and 2 threads)",
+         ["profile", "zoo:animals", "--threads", "1,2", "--out", str(out / "profile"), "--runs", "25",
+          "--members", "40", "--member-runs", "10"]),
+        ("search a Pareto family (NSGA-II over accuracy and both contexts; members calibrated and re-measured)",
+         ["search", "zoo:animals", "--contexts", "cpu:1t,cpu:2t", "--members", "8", "--profile", str(out / "profile"),
+          "--samples", "120", "--out", str(out / "family")]),
+        ("plot the front", ["plot-front", str(out / "family")]),
+        (f"run the contention scenario ({duration:.0f} s per policy; 0 -> 1 -> 2 -> 0 competing processes)",
+         ["run", str(out / "family"), "--policy", "feedback,dofa", "--scenario", "contention",
+          "--duration", str(duration), "--out", str(out / "run")]),
+    ]
+    timings = []
+    for i, (title, argv) in enumerate(steps, 1):
+        console.rule(f"[bold]step {i}/{len(steps)}: {title}")
+        console.print("$ dynadnn " + " ".join(argv), style="dim")
+        t = time.perf_counter()
+        code = cli(argv)
+        timings.append((title.split(" (")[0], time.perf_counter() - t))
+        if code:
+            console.print(f"[red]step {i} failed (exit {code})")
+            return code
+    console.rule("[bold]demo summary")
+    for title, seconds in timings:
+        console.print(f"  {title:<40s} {seconds:7.1f} s")
+    for path in (out / "family" / "front.png", out / "run" / "trace.png", out / "run" / "summary.json"):
+        if path.exists():
+            console.print(f"  {path}")
     return 0
