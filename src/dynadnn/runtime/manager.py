@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from array import array
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -34,6 +35,20 @@ from .options import Option, Targets, fastest
 from .policies import Policy, make_policy
 
 clock = time.perf_counter
+
+
+class Records:
+    """Per-inference columns in typed arrays: appending allocates no garbage-collected objects, so the
+    serving loop does not trigger collector pauses."""
+
+    __slots__ = ("t", "option", "latency_ms", "decision_us", "deadline_ms")
+
+    def __init__(self) -> None:
+        self.t, self.option = array("d"), array("i")
+        self.latency_ms, self.decision_us, self.deadline_ms = array("d"), array("d"), array("d")
+
+    def __len__(self) -> int:
+        return len(self.t)
 
 
 class InferenceFailed(RuntimeError):
@@ -57,7 +72,7 @@ class RuntimeManager:
         self.events: list[dict[str, Any]] = []
         self.t0 = clock()
         self.record = record
-        self.records: list[tuple[float, int, float, float, float]] = []  # (clock t, option, latency_ms, decision_us, deadline_ms)
+        self.records = Records()
         self._closed = False
         say = progress or (lambda msg: None)
 
@@ -170,7 +185,12 @@ class RuntimeManager:
                       latency_ms=lat, ewma_ms=self.monitor.ewma_ms)
         t3 = clock()
         if self.record:
-            self.records.append((t1, idx, lat, ((t1 - t0) + (t3 - t2)) * 1e6, deadline))
+            r = self.records
+            r.t.append(t1)
+            r.option.append(idx)
+            r.latency_ms.append(lat)
+            r.decision_us.append(((t1 - t0) + (t3 - t2)) * 1e6)
+            r.deadline_ms.append(deadline)
         return y
 
     def _recover(self, x, idx: int, exc: Exception):
@@ -197,7 +217,7 @@ class RuntimeManager:
         return pol
 
     def reset_records(self) -> None:
-        self.records = []
+        self.records = Records()
 
     def on_scenario(self, runner) -> None:
         """A scenario started: a policy that knows the schedule (the oracle) is told where to read it."""
@@ -209,7 +229,7 @@ class RuntimeManager:
 
     # --- reports --------------------------------------------------------------------------------------
     def decision_us(self) -> np.ndarray:
-        return np.asarray([r[3] for r in self.records])
+        return np.asarray(self.records.decision_us)
 
     def describe(self) -> dict:
         return {"policy": self.policy.describe(), "targets": self._targets.__dict__,

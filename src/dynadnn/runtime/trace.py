@@ -29,15 +29,15 @@ class Trace:
     @classmethod
     def from_run(cls, manager, runner, correct: list[bool], fps: float) -> "Trace":
         t_start = runner.t_start
-        recs = manager.records
-        n = min(len(recs), len(correct))
+        r = manager.records
+        n = min(len(r), len(correct))
         cols = {
-            "t": [round(r[0] - t_start, 6) for r in recs[:n]],
-            "phase": [runner.phase_at(r[0]) for r in recs[:n]],
-            "option": [r[1] for r in recs[:n]],
-            "latency_ms": [round(r[2], 4) for r in recs[:n]],
-            "deadline_ms": [r[4] for r in recs[:n]],
-            "decision_us": [round(r[3], 2) for r in recs[:n]],
+            "t": [round(v - t_start, 6) for v in r.t[:n]],
+            "phase": [runner.phase_at(v) for v in r.t[:n]],
+            "option": list(r.option[:n]),
+            "latency_ms": [round(v, 4) for v in r.latency_ms[:n]],
+            "deadline_ms": list(r.deadline_ms[:n]),
+            "decision_us": [round(v, 2) for v in r.decision_us[:n]],
             "correct": correct[:n],
         }
         events = []
