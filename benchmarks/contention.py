@@ -49,17 +49,21 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None, help="seconds per policy (quick: 6, else 24)")
     ap.add_argument("--fps", type=float, default=100.0)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--backends", default=None,
+                    help="backends the manager measures at load (default torch,ort; --quick: ort, which was the faster "
+                         "one for every member and thread count in the full runs)")
     ap.add_argument("--out", default=None, help="write traces and trace.png here")
     args = ap.parse_args()
     t_start = time.perf_counter()
     family = args.family or default_family()
     duration = args.duration or (6.0 if args.quick else 24.0)
-    cal_s = 1.2 if args.quick else 3.0
+    cal_s = 2.0 if args.quick else 4.0
     scenario = load_scenario(args.scenario)
     threads = [int(v) for v in args.threads.split(",")]
     say = lambda m: print(f"[{time.perf_counter() - t_start:5.1f}s] {m}", flush=True)  # noqa: E731
 
-    st = setup(family, args.dataset, Targets(deadline_ms=1000.0), threads=threads, say=say)
+    backends = (args.backends or ("ort" if args.quick else "torch,ort")).split(",")
+    st = setup(family, args.dataset, Targets(deadline_ms=1000.0), threads=threads, backends=backends, say=say)
     try:
         cal = calibrate(st, scenario, cal_s, args.fps, say)
         choice = calibrate_deadline(st.manager, cal)

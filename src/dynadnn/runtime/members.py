@@ -57,13 +57,25 @@ def measure_top1(supernet: SuperNet, arch: Arch, bn_stats: dict[str, Tensor], da
     """Top-1 (percent) of a member on the dataset's test split at the member's resolution."""
     from ..data import resize_batch
 
-    net = supernet.extract(arch, bn_stats=bn_stats).fuse().eval()
+    net = supernet.extract(arch, bn_stats=bn_stats).fuse().eval().to(memory_format=torch.channels_last)
     correct = total = 0
-    for x, y in data.test_batches(batch):
-        pred = net(resize_batch(x, arch.r)).argmax(1)
+    for x, y in data.test_batches(batch):  # channels-last: depthwise convolutions are several times faster
+        pred = net(resize_batch(x, arch.r).contiguous(memory_format=torch.channels_last)).argmax(1)
         correct += int((pred == y).sum())
         total += int(y.numel())
     return 100.0 * correct / max(total, 1)
+
+
+def _dataset_of(meta: dict, default: str) -> str:
+    """The dataset a checkpoint or family names (`dataset` as a name or a {"name": ...} description, or
+    `data`), else `default`."""
+    for key in ("dataset", "data"):
+        value = meta.get(key)
+        if isinstance(value, dict):
+            value = value.get("name")
+        if isinstance(value, str) and value:
+            return value
+    return default
 
 
 def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: int = 1000) -> FamilySource:
@@ -83,7 +95,7 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
         if not ck.startswith("zoo:") and not Path(ck).is_absolute() and not Path(ck).exists():
             ck = str((path / ck).resolve())
         supernet, meta = load_checkpoint(ck, preset=fam.preset)
-        dataset = meta.get("dataset", fam.provenance.get("dataset", dataset)) or dataset
+        dataset = _dataset_of(meta, _dataset_of(fam.provenance, dataset))
         archs = [m.arch for m in fam.members]
         bn = [dict(m.bn_stats) for m in fam.members]
         data = None
@@ -109,7 +121,7 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
         if not spec.startswith("zoo:") and not path.exists():
             raise UserError(f"family '{spec}': not a family directory, a checkpoint file, zoo:NAME or random:PRESET")
         supernet, meta = load_checkpoint(spec)
-        dataset = meta.get("dataset", dataset) or dataset
+        dataset = _dataset_of(meta, dataset)
         origin = {"kind": "hand-picked", "checkpoint": spec}
         cached = _cached_hand_picked(spec, dataset, k, supernet)
         if cached is not None:

@@ -1,20 +1,29 @@
 """`feedback` (ours): predict every option's tail latency in the current conditions and jump straight to
 the most accurate one that meets the deadline with a margin. (A minimum-accuracy target cannot make it
-pick an option predicted to miss: when both cannot hold, the deadline wins and the manager logs it.)
+pick an option predicted to miss: when both cannot hold, the deadline wins.)
 
-Model. For each thread-count context we keep a window of slowdown ratios, measured latency / the option's
-profiled idle median, and take its p95 as the context's tail slowdown `s95`; an option's predicted p95 is
-its profiled median x `s95` of its context. Ratios normalise away which member produced them, so one
-window serves every member of a context and the prediction for a member we are not running is live.
-A context we have not run recently borrows the active context's `s95`, multiplied by `sync_penalty` when
-its threads exceed the CPUs the system monitor says are free (a parallel op waits for its slowest thread:
-measured here, 2 threads with one busy competitor raise the median 2.5-3x).
+Model. Per thread-count context we keep a window of slowdown ratios, measured latency / the profiled
+idle median of the option that ran. Contention does two things to a latency: it stretches the whole run
+(cache and memory-bandwidth interference, a smaller CPU share: multiplicative) and it adds preemption
+delays of a few scheduler slices whatever the network (additive). So the prediction for option `o` is
 
-Control. Downward moves (the current option's prediction no longer fits) happen at once: a miss costs
-more than a frame at lower accuracy. Upward moves need the better option to fit with extra hysteresis for
-`dwell_s` continuously and at least `min_dwell_s` since the last switch, so a noisy window cannot make it
-oscillate. When slack persists for `probe_s` (current p95 below `probe_slack` x deadline) but the model
-still forbids going up, it probes one step up; a probe that misses backs off the next probe twice as long.
+    p95(o) = p50(o) x m + e,   m = median ratio,   e = (p95 ratio - m) x p50(current)   [ms]
+
+which gives exactly the measured p95 for the option running now, scales the body of the distribution for
+the others and carries the same absolute tail. A context we have not run recently borrows the active
+context's m and e, times `sync_penalty` when its threads exceed the CPUs the system monitor says are free
+(a parallel op waits for its slowest thread: 2 threads beside one busy competitor raise the median 2.5-3x
+here). Before `min_samples` measurements the idle profile (median p95/p50 of the context) stands in.
+
+Control. Downward moves (the current option's prediction no longer fits) happen at once and straight to
+the option that fits: a miss costs more than a frame at lower accuracy. Upward moves need a better option
+to fit with extra hysteresis for `dwell_s` continuously and at least `min_dwell_s` after the last switch,
+so a noisy window cannot make it oscillate. When slack persists for `probe_s` (current p95 below
+`probe_slack` x deadline) but the model still forbids going up, it probes one step up; a probe that misses
+backs off the next probe twice as long.
+
+Cost. Per inference: one sorted-window insert, two indexed reads and a few comparisons against thresholds
+prepared at the last switch; the search over all options runs only when a threshold trips.
 """
 
 from __future__ import annotations
@@ -23,13 +32,15 @@ from ..monitors import SortedWindow
 from ..options import Option, SystemSample, Targets, by_accuracy, fastest
 from .base import Policy
 
+Model = tuple  # (m, e_ms, factor) per context
+
 
 class FeedbackPolicy(Policy):
     name = "feedback"
 
     def __init__(self, margin: float = 0.15, up_hysteresis: float = 0.10, window: int = 40,
                  min_samples: int = 8, stale_s: float = 2.0, dwell_s: float = 0.3, min_dwell_s: float = 0.2,
-                 probe_s: float = 3.0, probe_slack: float = 0.5, sync_penalty: float = 3.0):
+                 probe_s: float = 1.5, probe_slack: float = 0.5, sync_penalty: float = 3.0):
         super().__init__()
         self.margin, self.up_hysteresis = margin, up_hysteresis
         self.window_size, self.min_samples, self.stale_s = window, min_samples, stale_s
@@ -43,11 +54,11 @@ class FeedbackPolicy(Policy):
         self.threads = sorted({o.threads for o in self.options})
         self.ratios = {t: SortedWindow(self.window_size) for t in self.threads}
         self.last_seen = {t: -1e18 for t in self.threads}
-        self.idle_tail = {t: 1.0 for t in self.threads}
-        for t in self.threads:  # profiled p95/p50 of the context: the tail ratio of an idle machine
-            opts = [o for o in self.options if o.threads == t]
-            self.idle_tail[t] = max(o.p95_ms / o.p50_ms for o in opts if o.p50_ms > 0)
-        # flat per-option arrays in accuracy order: the hot loop reads these, nothing else
+        self.ref_p50 = {t: 1.0 for t in self.threads}  # p50 of the option whose ratios the window holds
+        self.idle_tail = {}
+        for t in self.threads:  # profiled p95/p50 of the context (median over its options)
+            tails = sorted(o.p95_ms / o.p50_ms for o in self.options if o.threads == t and o.p50_ms > 0)
+            self.idle_tail[t] = tails[len(tails) // 2] if tails else 1.0
         self._p50 = [self.options[i].p50_ms for i in self.order]
         self._thr = [self.options[i].threads for i in self.order]
         self._thr_of = [o.threads for o in self.options]
@@ -58,7 +69,6 @@ class FeedbackPolicy(Policy):
         self.probe_wait = self.probe_s
         self.probing = False
         self.current = self.initial(targets) if start is None else start
-        self._active = self.options[self.current].threads
         self._prepare(targets)
         return self.current
 
@@ -71,83 +81,113 @@ class FeedbackPolicy(Policy):
         return fastest(self.options)
 
     # --- model -----------------------------------------------------------------------------------------
-    def tail_slowdowns(self, t: float, active: int, system: SystemSample | None) -> dict[int, float]:
-        """Predicted p95 / profiled p50 for every context at time t."""
-        w = self.ratios[active]
-        s_active = max(w.quantile(0.95), self.idle_tail[active]) if w.count >= self.min_samples else self.idle_tail[active]
-        return {th: s_active if th == active else self._estimate(th, t, s_active, system) for th in self.threads}
+    def _own(self, th: int) -> tuple[float, float]:
+        """(median ratio m, tail excess e in ms) from a context's own window, or the idle profile."""
+        w = self.ratios[th]
+        n = w.count
+        if n < self.min_samples:
+            return 1.0, (self.idle_tail[th] - 1.0) * self.ref_p50[th]
+        m = w.ordered[n // 2]
+        return m, (w.ordered[int(0.95 * n)] - m) * self.ref_p50[th]
 
-    def predicted_p95(self, option: int, slow: dict[int, float]) -> float:
+    def models(self, t: float, system: SystemSample | None) -> dict[int, Model]:
+        """Per context: (m, e, factor) so that p95(o) = (p50(o) x m + e) x factor."""
+        active = self._active
+        m_a, e_a = self._own(active)
+        out = {active: (m_a, e_a, 1.0)}
+        for th in self.threads:
+            if th == active:
+                continue
+            if self.ratios[th].count >= self.min_samples and t - self.last_seen[th] <= self.stale_s:
+                m, e = self._own(th)
+                out[th] = (m, e, 1.0)
+            else:
+                out[th] = (m_a, e_a, self._penalty(th, system))
+        return out
+
+    def _penalty(self, th: int, system: SystemSample | None) -> float:
+        if th <= 1:
+            return 1.0
+        free = (system.n_cpus - system.others_busy) if (system is not None and system.ok) else None
+        return self.sync_penalty if free is None or th > free + 0.25 else 1.0
+
+    def predicted_p95(self, option: int, models: dict[int, Model]) -> float:
         o = self.options[option]
-        return o.p50_ms * slow[o.threads]
+        m, e, f = models[o.threads]
+        return (o.p50_ms * m + e) * f
 
-    def _first_fitting(self, slow: dict[int, float], budget: float, upto: int) -> int:
-        """Rank (in accuracy order) of the most accurate option predicted to fit `budget`, among the first
+    def _first_fitting(self, models: dict[int, Model], budget: float, upto: int) -> int:
+        """Rank (accuracy order) of the most accurate option predicted to fit `budget` among the first
         `upto` ranks; -1 if none."""
         p50, thr = self._p50, self._thr
         for r in range(upto):
-            if p50[r] * slow[thr[r]] <= budget:
+            m, e, f = models[thr[r]]
+            if (p50[r] * m + e) * f <= budget:
                 return r
         return -1
 
     # --- control ---------------------------------------------------------------------------------------
     def _prepare(self, targets: Targets) -> None:
-        """Thresholds on the active context's tail slowdown for the current option and targets, so the
-        per-inference path is a few comparisons; the full search over options runs only when one trips."""
+        """Budgets and, per context, the smallest profiled median among the more accurate options, so
+        the per-inference path is a few comparisons."""
         self._tg = targets
-        self._hold_s, self._hold_until = 0.0, -1e18
+        self._hold_p, self._hold_until = 0.0, -1e18
         deadline = targets.effective_deadline_ms()
         self._deadline = deadline
         self._budget = deadline / (1.0 + self.margin)
         self._up_budget = deadline / (1.0 + self.margin + self.up_hysteresis)
         cur = self.options[self.current]
         self._active = cur.threads
-        self._down_s = self._budget / cur.p50_ms
-        self._probe_s_thr = self.probe_slack * deadline / cur.p50_ms
+        self._p50_cur = cur.p50_ms
         better = self.order[:self.rank[self.current]]
-        self._up_s = {}  # context -> slowdown at or below which some more accurate option of it fits
+        self._better_min_p50 = {}
         for th in self.threads:
             p50s = [self.options[i].p50_ms for i in better if self.options[i].threads == th]
             if p50s:
-                self._up_s[th] = self._up_budget / min(p50s)
+                self._better_min_p50[th] = min(p50s)
 
     def step(self, t: float, latency_ms: float, option: int, targets: Targets,
              system: SystemSample | None = None) -> int:
         th = self._thr_of[option]
         w = self.ratios[th]
         w.push(latency_ms * self._inv_p50[option])
+        self.ref_p50[th] = self.options[option].p50_ms
         self.last_seen[th] = t
         if targets is not self._tg or option != self.current:
-            if option != self.current:  # the manager ran something else (a fall-back)
-                self.current = option
+            self.current = option  # (the manager ran something else: a fall-back)
             self._prepare(targets)
         if self.probing and latency_ms > self._deadline:  # a probe that misses: back off, go down at once
             self.probing = False
             self.probe_wait *= 2.0
-        active = self._active
         n = w.count
-        s = w.ordered[int(0.95 * n)] if n >= self.min_samples else 0.0
-        idle = self.idle_tail[active]
-        if s < idle:
-            s = idle
-        if s > self._down_s:
-            if s > self._hold_s or t >= self._hold_until:
-                return self._go_down(t, s, system)
-            return self.current  # nothing faster fitted a moment ago at about this slowdown
+        p50c = self._p50_cur
+        if n >= self.min_samples:
+            m = w.ordered[n // 2]
+            pred = w.ordered[int(0.95 * n)] * p50c
+        else:
+            m = 1.0
+            pred = self.idle_tail[th] * p50c
+        e = pred - m * p50c
+        if pred > self._budget:
+            if pred > self._hold_p or t >= self._hold_until:
+                return self._go_down(t, pred, system)
+            return self.current  # nothing faster fitted a moment ago at about this latency
 
-        # upward: some more accurate option fits with hysteresis -> after a dwell
+        # upward: a more accurate option fits with hysteresis -> after a dwell
         up_ok = False
-        for uth, thr in self._up_s.items():
-            s_th = s if uth == active else self._estimate(uth, t, s, system)
-            if s_th <= thr:
+        for uth, p50b in self._better_min_p50.items():
+            if uth == th:
+                ok = p50b * m + e <= self._up_budget
+            else:
+                ok = self.predicted_min(uth, p50b, t, m, e, system) <= self._up_budget
+            if ok:
                 up_ok = True
                 break
         if up_ok:
             if self.up_since is None:
                 self.up_since = t
             if t - self.up_since >= self.dwell_s and t - self.last_switch_t >= self.min_dwell_s:
-                slow = self.tail_slowdowns(t, active, system)
-                r = self._first_fitting(slow, self._up_budget, self.rank[self.current])
+                r = self._first_fitting(self.models(t, system), self._up_budget, self.rank[self.current])
                 if r >= 0:
                     self.probe_wait = self.probe_s
                     return self._switch(self.order[r], t, targets)
@@ -155,39 +195,34 @@ class FeedbackPolicy(Policy):
         self.up_since = None
 
         # probing: slack persists but the model forbids going up
-        if s <= self._probe_s_thr and self.rank[self.current] > 0:
+        if pred <= self.probe_slack * self._deadline and self.rank[self.current] > 0:
             if self.slack_since is None:
                 self.slack_since = t
             elif t - self.slack_since >= self.probe_wait and t - self.last_switch_t >= self.min_dwell_s:
                 nxt = self.order[self.rank[self.current] - 1]
-                if self.predicted_p95(nxt, self.tail_slowdowns(t, active, system)) <= self._deadline:
+                if self.predicted_p95(nxt, self.models(t, system)) <= self._deadline:
                     self.probing = True
                     return self._switch(nxt, t, targets)
         else:
             self.slack_since = None
         return self.current
 
-    def _estimate(self, th: int, t: float, s_active: float, system: SystemSample | None) -> float:
-        """Tail slowdown of a context we are not running: its own window if fresh, else the active one's
-        scaled by the idle tails, times the sync penalty when its threads exceed the free CPUs."""
-        w = self.ratios[th]
-        if w.count >= self.min_samples and t - self.last_seen[th] <= self.stale_s:
-            return max(w.quantile(0.95), self.idle_tail[th])
-        est = s_active / self.idle_tail[self._active] * self.idle_tail[th]
-        if th > 1:
-            free = (system.n_cpus - system.others_busy) if (system is not None and system.ok) else None
-            if free is None or th > free + 0.25:
-                est *= self.sync_penalty
-        return est
+    def predicted_min(self, th: int, p50: float, t: float, m: float, e: float, system: SystemSample | None) -> float:
+        """Predicted p95 of a profiled median `p50` in another context `th`."""
+        if self.ratios[th].count >= self.min_samples and t - self.last_seen[th] <= self.stale_s:
+            m2, e2 = self._own(th)
+            return p50 * m2 + e2
+        return (p50 * m + e) * self._penalty(th, system)
 
-    def _go_down(self, t: float, s: float, system: SystemSample | None) -> int:
-        slow = self.tail_slowdowns(t, self._active, system)
-        r = self._first_fitting(slow, self._budget, len(self.order))
-        choice = self.order[r] if r >= 0 else min(range(len(self.options)), key=lambda i: self.predicted_p95(i, slow))
+    def _go_down(self, t: float, pred: float, system: SystemSample | None) -> int:
+        models = self.models(t, system)
+        r = self._first_fitting(models, self._budget, len(self.order))
+        choice = self.order[r] if r >= 0 else min(range(len(self.options)),
+                                                 key=lambda i: self.predicted_p95(i, models))
         if choice != self.current:
             return self._switch(choice, t, self._tg)
         # already on the best we have: search again only if it gets 10 % worse or after 0.1 s
-        self._hold_s, self._hold_until = s * 1.1, t + 0.1
+        self._hold_p, self._hold_until = pred * 1.1, t + 0.1
         return self.current
 
     def _switch(self, option: int, t: float, targets: Targets) -> int:
@@ -206,4 +241,4 @@ class FeedbackPolicy(Policy):
 
     def describe(self) -> dict:
         return {"policy": self.name, "margin": self.margin, "up_hysteresis": self.up_hysteresis,
-                "dwell_s": self.dwell_s, "probe_s": self.probe_s}
+                "dwell_s": self.dwell_s, "probe_s": self.probe_s, "model": "p95 = p50 x median ratio + tail excess"}
