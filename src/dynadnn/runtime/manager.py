@@ -35,17 +35,19 @@ from .options import Option, Targets, fastest
 from .policies import Policy, make_policy
 
 clock = time.perf_counter
+cpu_clock = time.thread_time  # CPU time of the serving thread: the manager's own cost, without preemption
 
 
 class Records:
     """Per-inference columns in typed arrays: appending allocates no garbage-collected objects, so the
     serving loop does not trigger collector pauses."""
 
-    __slots__ = ("t", "option", "latency_ms", "decision_us", "deadline_ms")
+    __slots__ = ("t", "option", "latency_ms", "decision_us", "decision_cpu_us", "deadline_ms")
 
     def __init__(self) -> None:
         self.t, self.option = array("d"), array("i")
         self.latency_ms, self.decision_us, self.deadline_ms = array("d"), array("d"), array("d")
+        self.decision_cpu_us = array("d")  # the same spans in this thread's CPU time: preemption excluded
 
     def __len__(self) -> int:
         return len(self.t)
@@ -163,15 +165,18 @@ class RuntimeManager:
     # --- serving --------------------------------------------------------------------------------------
     def predict(self, x) -> torch.Tensor:
         """Logits for an image batch (NCHW at any resolution, or a {resolution: batch} mapping)."""
+        c0 = cpu_clock()
         t0 = clock()
         idx = self.current
         runner = self.runners[idx]
         targets = self._targets
         t1 = clock()
+        c1 = cpu_clock()
         try:
             y = runner(x)
         except Exception as exc:  # noqa: BLE001 - keep serving on the safe option
             y, idx = self._recover(x, idx, exc)
+        c2 = cpu_clock()
         t2 = clock()
         lat = (t2 - t1) * 1e3
         opt = self.options[idx]
@@ -184,12 +189,14 @@ class RuntimeManager:
             self._log("switch", frm=before, to=self.options[nxt].label(), policy=self.policy.name,
                       latency_ms=lat, ewma_ms=self.monitor.ewma_ms)
         t3 = clock()
+        c3 = cpu_clock()
         if self.record:
             r = self.records
             r.t.append(t1)
             r.option.append(idx)
             r.latency_ms.append(lat)
             r.decision_us.append(((t1 - t0) + (t3 - t2)) * 1e6)
+            r.decision_cpu_us.append(((c1 - c0) + (c3 - c2)) * 1e6)
             r.deadline_ms.append(deadline)
         return y
 

@@ -38,7 +38,7 @@ Model = tuple  # (m, e_ms, factor) per context
 class FeedbackPolicy(Policy):
     name = "feedback"
 
-    def __init__(self, margin: float = 0.15, up_hysteresis: float = 0.10, window: int = 40,
+    def __init__(self, margin: float = 0.10, up_hysteresis: float = 0.05, window: int = 40,
                  min_samples: int = 8, stale_s: float = 2.0, dwell_s: float = 0.3, min_dwell_s: float = 0.2,
                  probe_s: float = 1.5, probe_slack: float = 0.5, sync_penalty: float = 3.0):
         super().__init__()
