@@ -59,7 +59,7 @@ def main() -> None:
     t_start = time.perf_counter()
     family = args.family or default_family()
     duration = args.duration or (6.0 if args.quick else 24.0)
-    cal_s = 2.0 if args.quick else 4.0
+    cal_s = 2.5 if args.quick else 8.0
     scenario = load_scenario(args.scenario)
     threads = [int(v) for v in args.threads.split(",")]
     say = lambda m: print(f"[{time.perf_counter() - t_start:5.1f}s] {m}", flush=True)  # noqa: E731

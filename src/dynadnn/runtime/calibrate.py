@@ -41,9 +41,9 @@ class Calibration:
 def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scenario, seconds_per_load: float,
                         fps: float, settle_s: float = 0.3, focus: list[int] | None = None,
                         progress=None) -> Calibration:
-    """Round-robin every option at `fps` under each distinct competitor set of `scenario`. Every other
-    frame goes to the `focus` options (by default those the deadline rule reads: the static most-accurate
-    option and the fastest member's options), so their tails are measured on more samples."""
+    """Every option at `fps` under each distinct competitor set of `scenario`, in contiguous blocks; the
+    `focus` options (by default those the deadline rule reads: the static most-accurate option and the
+    fastest member's options) get three times the samples."""
     if focus is None:
         focus = deadline_options(manager)
     keys: dict[tuple, int] = {}
@@ -66,22 +66,27 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
                 pool.start(comp)
             time.sleep(settle_s)
             per = [[] for _ in range(n_opt)]
-            end = clock() + seconds_per_load
+            # each option runs a contiguous block at the stream's pacing, as it would when chosen (its duty
+            # cycle decides how the scheduler treats the process); focus options get three blocks' worth
+            weights = [3 if i in focus else 1 for i in range(n_opt)]
+            unit = seconds_per_load / sum(weights)
             k = 0
-            next_t = clock()
-            while clock() < end:
-                now = clock()
-                if now < next_t:
-                    time.sleep(next_t - now)
-                else:
-                    next_t = now
-                next_t += period
-                i = (k // 2) % n_opt if k % 2 == 0 else focus[(k // 2) % len(focus)]
-                x = frames.frame(k)
-                t0 = clock()
-                manager.runners[i](x)
-                per[i].append((clock() - t0) * 1e3)
-                k += 1
+            for i in range(n_opt):
+                end = clock() + unit * weights[i]
+                next_t = clock()
+                manager.runners[i](frames.frame(k))  # one untimed frame: the switch itself is not the point here
+                while clock() < end:
+                    now = clock()
+                    if now < next_t:
+                        time.sleep(next_t - now)
+                    else:
+                        next_t = now
+                    next_t += period
+                    x = frames.frame(k)
+                    t0 = clock()
+                    manager.runners[i](x)
+                    per[i].append((clock() - t0) * 1e3)
+                    k += 1
             lat[key] = [np.asarray(v) for v in per]
         finally:
             pool.stop_all()
