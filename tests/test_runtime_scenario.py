@@ -104,6 +104,7 @@ def test_end_to_end_contention_run_writes_trace_and_leaves_nothing_behind(tmp_pa
     out = tmp_path / "run"
     rc = main(["run", "random:tiny", "--dataset", "digits", "--members", "3", "--threads", "1", "--backends", "ort",
                "--policy", "feedback", "--scenario", "contention", "--duration", "4", "--deadline-ms", "20",
+               "--calib-images", "100",
                "--out", str(out)])
     assert rc == 0
     doc = json.loads((out / "trace.json").read_text())

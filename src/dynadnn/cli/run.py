@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", default=None, help="thread counts to consider, e.g. 1,2 (default: 1..CPUs)")
     p.add_argument("--backends", default="torch,ort", help="backends to consider")
     p.add_argument("--members", type=int, default=5, help="hand-picked members when FAMILY is a checkpoint")
+    p.add_argument("--calib-images", type=int, default=1000,
+                   help="training images for each hand-picked member's BN calibration (checkpoint families only)")
     p.add_argument("--calibrate-s", type=float, default=3.0, help="seconds per distinct load when calibrating")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run)
@@ -85,7 +87,10 @@ def run(args) -> int:
 
     # Ctrl-C and SIGTERM both unwind through the `with` blocks that kill the competitors
     old_term = signal.signal(signal.SIGTERM, _interrupt)
-    st = setup(args.family, args.dataset, targets, _ints(args.threads, "threads"), backends, args.members, say)
+    if args.calib_images < 1:
+        raise UserError(f"--calib-images must be >= 1, got {args.calib_images}")
+    st = setup(args.family, args.dataset, targets, _ints(args.threads, "threads"), backends, args.members, say,
+               calib_images=args.calib_images)
     try:
         calibration = None
         extra = {}
