@@ -162,3 +162,7 @@ def test_hand_picked_family_from_a_checkpoint_is_cached_as_a_family_directory(tm
     assert again.origin.get("cache") == str(dirs[0]) and again.top1 == pytest.approx(first.top1)
     for a, b in zip(first.bn_stats, again.bn_stats):
         assert all(torch.equal(a[key], b[key]) for key in a)
+    # and that directory is a family like the search writes: it loads as one
+    as_family = load_family(str(dirs[0]), dataset="digits")
+    assert as_family.origin["kind"] == "family" and as_family.archs == first.archs
+    assert as_family.top1 == pytest.approx(first.top1)
