@@ -274,8 +274,11 @@ def atomic_write(path: str | Path, write) -> Path:
     except OSError as exc:
         raise CheckpointError(f"{path.parent}: cannot write here ({exc.strerror})") from None
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the artifact should be as readable as any file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
