@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--members: a family needs at least 2 members")
     out = Path(args.out)
     ckpt_path = resolve_checkpoint_path(args.checkpoint)
+    ckpt_sha = sha256_file(ckpt_path)  # hashed before loading: the file may be replaced while we search
     net, meta = load_checkpoint(args.checkpoint, args.preset)
     space = net.space
     torch.manual_seed(args.seed)
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
                       round(r["top1"], 4), {c: round(v, 5) for c, v in r["pred_lat"].items()}, r["lat_full"],
                       int(flops.macs(r["arch"])[0]), int(flops.params(r["arch"])[0])) for r in kept]
     ck_name = str(args.checkpoint) if str(args.checkpoint).startswith("zoo:") else str(Path(args.checkpoint).resolve())
-    fam = Family(space.name, contexts, members, ck_name, sha256_file(ckpt_path),
+    fam = Family(space.name, contexts, members, ck_name, ckpt_sha,
                  archive_entries(archs, result.accuracy, {c: result.latency[:, i] for i, c in enumerate(contexts)}),
                  {"command": "dynadnn search", "dataset": data_spec, "profile": str(profile_dir),
                   "predictor_fit": fit, "search": {"evaluations": result.evaluations, "seconds": round(result.seconds, 3),
