@@ -214,11 +214,11 @@ def pipeline(out: Path, duration: float) -> int:
     console = Console(width=None if Console().is_terminal else 120)
     steps = [
         ("profile this machine (per-layer latency tables, 1 and 2 threads)",
-         ["profile", "zoo:animals", "--threads", "1,2", "--out", str(out / "profile"), "--runs", "25",
-          "--members", "40", "--member-runs", "10"]),
+         ["profile", "zoo:animals", "--threads", "1,2", "--out", str(out / "profile"), "--runs", "15",
+          "--members", "30", "--member-runs", "6"]),
         ("search a Pareto family (NSGA-II over accuracy and both contexts; members calibrated and re-measured)",
          ["search", "zoo:animals", "--contexts", "cpu:1t,cpu:2t", "--members", "8", "--profile", str(out / "profile"),
-          "--samples", "120", "--out", str(out / "family")]),
+          "--samples", "60", "--eval-images", "1000", "--calib-images", "500", "--out", str(out / "family")]),
         ("plot the front", ["plot-front", str(out / "family")]),
         (f"run the contention scenario ({duration:.0f} s per policy; 0 -> 1 -> 2 -> 0 competing processes)",
          ["run", str(out / "family"), "--policy", "feedback,dofa", "--scenario", "contention",
