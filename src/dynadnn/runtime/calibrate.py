@@ -16,7 +16,7 @@ import numpy as np
 
 from .manager import RuntimeManager
 from .scenario import CompetitorPool, Scenario
-from .stream import Frames
+from .stream import Frames, wait_for_tick
 
 clock = time.perf_counter
 
@@ -76,12 +76,7 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
                 next_t = clock()
                 manager.runners[i](frames.frame(k))  # one untimed frame: the switch itself is not the point here
                 while clock() < end:
-                    now = clock()
-                    if now < next_t:
-                        time.sleep(next_t - now)
-                    else:
-                        next_t = now
-                    next_t += period
+                    next_t = wait_for_tick(next_t, period)
                     x = frames.frame(k)
                     t0 = clock()
                     manager.runners[i](x)

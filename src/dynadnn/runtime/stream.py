@@ -62,6 +62,17 @@ def run_stream(manager: RuntimeManager, frames: Frames, scenario: Scenario, dura
         gc.unfreeze()
 
 
+def wait_for_tick(next_t: float, period: float) -> float:
+    """Sleep until the frame due at `next_t` and return when the one after is due. A late frame restarts
+    the clock from now: the stream never bursts to catch up."""
+    now = clock()
+    if now < next_t:
+        time.sleep(next_t - now)
+    else:
+        next_t = now
+    return next_t + period
+
+
 def _serve(manager, frames, scenario, duration_s, period, correct, progress, fps) -> Trace:
     with ScenarioRunner(scenario, duration_s) as sc:
         manager.on_scenario(sc)
@@ -69,12 +80,7 @@ def _serve(manager, frames, scenario, duration_s, period, correct, progress, fps
         labels, n_frames = frames.labels.tolist(), len(frames)
         next_t = clock()
         while not sc.done:
-            now = clock()
-            if now < next_t:
-                time.sleep(next_t - now)
-            else:
-                next_t = now
-            next_t += period
+            next_t = wait_for_tick(next_t, period)
             logits = manager.predict(frames.frame(k))
             correct.append(int(logits.argmax(1)[0]) == labels[k % n_frames])
             k += 1
