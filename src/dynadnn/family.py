@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
+from .jsonfile import read_json_object
 from .space import Arch, SearchSpace, load_space
 
 FORMAT = "dynadnn.family/1"
@@ -149,12 +150,7 @@ class Family:
         jpath, wpath = directory / JSON_NAME, directory / WEIGHTS_NAME
         if not jpath.is_file():
             raise FamilyError(f"'{directory}' is not a family directory (no {JSON_NAME})")
-        try:
-            doc = json.loads(jpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise FamilyError(f"{jpath}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(doc, dict):
-            raise FamilyError(f"{jpath}: expected a JSON object")
+        doc = read_json_object(jpath, error=FamilyError)
         if doc.get("format") != FORMAT:
             raise FamilyError(f"{jpath}: field 'format' is {doc.get('format')!r}; this dynadnn reads '{FORMAT}'")
         fam_preset = doc.get("preset")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..jsonfile import read_json_object
 from ..space import Arch, SearchSpace
 from .genes import GeneCoding
 
@@ -148,13 +149,7 @@ class AccuracyPredictor:
         meta_path, weights = directory / "predictor.json", directory / "predictor.safetensors"
         if not meta_path.is_file() or not weights.is_file():
             raise UserError(f"'{directory}' is not an accuracy predictor (expected predictor.json and predictor.safetensors)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{meta_path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(meta, dict) or meta.get("format") != PREDICTOR_FORMAT:
-            raise UserError(f"{meta_path}: field 'format' is {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                            f"expected '{PREDICTOR_FORMAT}'")
+        meta = read_json_object(meta_path, PREDICTOR_FORMAT)
         if meta.get("preset") != space.name:
             raise UserError(f"{meta_path}: predictor is for preset '{meta.get('preset')}', not '{space.name}'")
         try:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..jsonfile import read_json_object
 from ..space import Arch, SearchSpace
 from .genes import GeneCoding
 
@@ -271,13 +272,7 @@ class LatencyTable:
             m = re.fullmatch(r"(\d+)_lookup_table\.json", path.name)
             if not m:
                 continue
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-            if not isinstance(data, dict):
-                raise UserError(f"{path}: expected a JSON object of layer keys")
-            entries[int(m.group(1))] = data
+            entries[int(m.group(1))] = read_json_object(path)
         if not entries:
             raise UserError(f"{directory}: no '<resolution>_lookup_table.json' files (expected Dynamic-OFA's layout)")
         correction, meta = None, {}
@@ -328,14 +323,7 @@ class LatencyTable:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(meta, dict) or meta.get("format") != TABLE_FORMAT:
-        raise UserError(f"{path}: field 'format' is {meta.get('format') if isinstance(meta, dict) else None!r}; "
-                        f"expected '{TABLE_FORMAT}'")
-    return meta
+    return read_json_object(path, TABLE_FORMAT)
 
 
 def yaml_table_text(entries: Mapping[str, Mapping[str, float]]) -> str:
