@@ -115,3 +115,7 @@ def test_profile_and_search_cli_build_a_measured_family(net, tmp_path):
     top1 = [m.top1 for m in fam.members]
     assert lat == sorted(lat) and top1 == sorted(top1)  # dominated members were dropped
     assert all(m.bn_stats and m.latency_ms["cpu:1t"]["p95"] >= m.latency_ms["cpu:1t"]["median"] for m in fam.members)
+    assert all(m.latency_ms["cpu:1t"]["backend"] in ("torch", "ort") for m in fam.members)  # as the runtime serves it
+    summary = json.loads((tmp_path / "fam" / "search.json").read_text())
+    assert summary["candidates"] >= 3 and summary["members"] == len(fam.members)
+    assert summary["candidates"] == len(fam.members) + summary["dropped"] + summary["thinned"]

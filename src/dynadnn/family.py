@@ -57,7 +57,7 @@ class Member:
     top1_predicted: float | None = None
     top1_measured: float | None = None
     latency_predicted_ms: dict[str, float] = field(default_factory=dict)
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # context -> {"median", "p95"}
+    latency_ms: dict[str, dict[str, Any]] = field(default_factory=dict)  # context -> {"median", "p95"[, "backend"]}
     macs: int = 0
     params: int = 0
 
@@ -193,7 +193,7 @@ class Family:
                     raise FamilyError(f"{where}: field 'latency_ms.{ctx}' must have 'median' and 'p95'")
             members.append(Member(arch, stats, _num(md.get("top1_predicted")), _num(md.get("top1_measured")),
                                   {k: float(v) for k, v in (md.get("latency_predicted_ms") or {}).items()},
-                                  {k: {s: float(x) for s, x in v.items()} for k, v in lat.items()},
+                                  {k: {s: (str(x) if s == "backend" else float(x)) for s, x in v.items()} for k, v in lat.items()},
                                   int(md.get("macs", 0)), int(md.get("params", 0))))
         ck = doc.get("checkpoint") or {}
         fam = cls(fam_preset, contexts, members, str(ck.get("path", "")), str(ck.get("sha256", "")),

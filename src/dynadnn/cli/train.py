@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "each extra member would cost a third of the few steps there are)")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--no-sandwich", action="store_true", help="train the max member only (ablation)")
-    p.add_argument("--no-augment", action="store_true", help="no random shifts/rotations/flips")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random shifts/rotations/flips (default: on, except for budgets under 10 minutes or 3 "
+                        "epochs, where the model is still far from fitting the data: a 3-minute run reached "
+                        "89.3%% without against 84.5%% with)")
     p.add_argument("--dropout", type=float, default=None, help="classifier dropout (default: the preset's)")
     p.add_argument("--micro-batches", type=int, default=1, help="split each batch and accumulate gradients "
                                                                "(less memory; BN statistics per micro-batch)")
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give a budget: --minutes, --epochs or --steps")
     if args.n_random is None:
         args.n_random = 0 if args.minutes and args.minutes < 10 else 1
+    if args.augment is None:
+        args.augment = not ((args.minutes and args.minutes < 10) or (args.epochs and args.epochs < 3))
     for name in ("batch_size", "n_random", "checkpoint_every", "micro_batches"):
         if getattr(args, name) < (1 if name in ("batch_size", "micro_batches") else 0):
             raise UserError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe(preset=args.preset, data=args.data, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, n_random=args.n_random,
                     warmup_epochs=args.warmup_epochs, epochs=args.epochs, minutes=args.minutes, steps=args.steps,
-                    augment=not args.no_augment, sandwich=not args.no_sandwich, dropout=args.dropout,
+                    augment=args.augment, sandwich=not args.no_sandwich, dropout=args.dropout,
                     micro_batches=args.micro_batches)
     command = "dynadnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("dynadnn") \
         else " ".join(shlex.quote(a) for a in ["dynadnn"] + sys.argv[sys.argv.index("train"):]) \

@@ -190,3 +190,42 @@ def build_options(candidates: dict[tuple[int, int], list[Runner]], top1: Sequenc
                               p50_ms=prof.p50_ms, p95_ms=prof.p95_ms, name=names[member]))
         runners.append(best)
     return tuple(options), runners, report
+
+
+def deployed_latency(supernet, archs: Sequence, bn_stats: Sequence, threads: Sequence[int], n: int = 100,
+                     backends: Sequence[str] = BACKENDS) -> list[dict[int, dict]]:
+    """Batch-1 latency of each member as the manager would serve it: per thread count, every backend
+    (resident TorchScript member, ONNX Runtime session) measured round-robin and the faster one kept.
+    Returns, per member, {threads: {"median", "p95", "backend"}} in ms: what a family records, so the
+    latencies it promises are the ones the runtime gets."""
+    from ..dynamic import build_member
+
+    candidates: dict[tuple[int, int], list[Runner]] = {}
+    for i, (arch, bn) in enumerate(zip(archs, bn_stats)):
+        torch_member = build_member(supernet, arch, bn) if "torch" in backends else None
+        onnx = None
+        if "ort" in backends:
+            try:
+                onnx = export_onnx(supernet.extract(arch, bn_stats=bn).fuse(), arch.r, supernet.space.in_channels)
+            except Exception:  # noqa: BLE001 - torch still measures this member
+                onnx = None
+        for t in threads:
+            cands: list[Runner] = []
+            if torch_member is not None:
+                cands.append(TorchRunner(i, torch_member.module, arch.r, t, channels_last=torch_member.channels_last))
+            if onnx is not None:
+                cands.append(OrtRunner(i, onnx, arch.r, t))
+            candidates[(i, t)] = cands
+    r = max(a.r for a in archs)
+    example = torch.randn(1, supernet.space.in_channels, r, r)
+    old = torch.get_num_threads()
+    try:
+        options, runners, _ = build_options(candidates, [0.0] * len(archs), [""] * len(archs), example, n=n)
+    finally:
+        torch.set_num_threads(old)
+    for rn in runners:
+        rn.close()
+    out: list[dict[int, dict]] = [{} for _ in archs]
+    for o in options:
+        out[o.member][o.threads] = {"median": round(o.p50_ms, 4), "p95": round(o.p95_ms, 4), "backend": o.backend}
+    return out
