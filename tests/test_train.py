@@ -97,6 +97,25 @@ def test_resume_refuses_a_checkpoint_of_another_preset(tmp_path, digits):
         train(small(), tmp_path, data=digits, resume=True, progress=False)
 
 
+def test_init_starts_from_a_checkpoint_and_refuses_another_preset(tmp_path, digits):
+    torch.manual_seed(123)
+    start = SuperNet(load_space("tiny"))
+    path = save_checkpoint(start, tmp_path / "start.safetensors", {"steps": 0})
+    res = train(small(steps=1, lr=1e-9, warmup_epochs=0.0, init=str(path)), tmp_path / "ft", data=digits,
+                progress=False, evaluate_at_end=False)
+    tuned, _ = load_checkpoint(res.checkpoint)
+    ref = dict(start.named_parameters())
+    assert max(float((p.detach() - ref[k].detach()).abs().max()) for k, p in tuned.named_parameters()) < 1e-5
+    assert read_checkpoint_meta(res.checkpoint)["recipe"]["init"] == str(path)
+    other = load_space("tiny").to_dict()
+    other["name"] = "tiny-other"
+    from dynadnn.space import SearchSpace
+
+    save_checkpoint(SuperNet(SearchSpace.from_dict(other)), tmp_path / "other.safetensors", {"steps": 3})
+    with pytest.raises(CheckpointError, match="preset 'tiny-other'"):
+        train(small(init=str(tmp_path / "other.safetensors")), tmp_path / "ft2", data=digits, progress=False)
+
+
 def _cli(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dynadnn", "train", "--data", "digits", "--steps", "16", "--batch-size", "16", "--no-eval",
             "--n-random", "0", "--lr", "0.05", "--warmup-epochs", "0.05", "--threads", "1", "--no-progress",

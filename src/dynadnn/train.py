@@ -63,6 +63,7 @@ class Recipe:
     dropout: float | None = None  # None: the preset's
     channels_last: bool = True
     micro_batches: int = 1  # split each batch, accumulate gradients (memory; or to mirror per-rank BN of DDP)
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning), not from random ones
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +228,8 @@ def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, check
         spent_before = float(saved_meta.get("train_seconds", 0.0))
         if rank == 0:
             print(f"resuming {ckpt} from step {start_step}", flush=True)
+    if net is None and recipe.init:
+        net = _initial_net(recipe.init, space)
     net = net or _seeded_net(space, recipe.seed)
     data = data or load_dataset(recipe.data, image_size=max(space.resolutions), in_channels=space.in_channels)
     if data.in_channels != space.in_channels or data.n_classes != space.n_classes:
@@ -374,6 +377,14 @@ def _agree(value: float, world: int) -> float:
         torch.distributed.broadcast(t, 0)
         value = float(t)
     return value
+
+
+def _initial_net(init: str, space: SearchSpace) -> SuperNet:
+    net, meta = load_checkpoint(init)
+    if net.space.name != space.name:
+        raise CheckpointError(f"--init {init}: checkpoint is for preset '{net.space.name}', this run trains '{space.name}'")
+    net.space = space  # (a --dropout override)
+    return net
 
 
 def _seeded_net(space: SearchSpace, seed: int) -> SuperNet:
