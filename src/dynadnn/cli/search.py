@@ -191,8 +191,10 @@ def run(args: argparse.Namespace) -> int:
         predictor, report = train_predictor(net, data, calib, args.samples, args.seed, out / "predictor",
                                             args.eval_images)
         fit = report.to_dict()
-        print(f"accuracy predictor: held-out RMSE {report.rmse:.2f} points, Kendall tau {report.kendall_tau:.3f} "
-              f"(5-fold cross-validation over {report.n_test} measured members)")
+        print(f"accuracy predictor: {report.model}, held-out RMSE {report.rmse:.2f} points, Kendall tau "
+              f"{report.kendall_tau:.3f} (5-fold cross-validation over {report.n_test} measured members"
+              + (", best of " + ", ".join(f"{k} {v:.3f}" for k, v in report.candidates.items()) if report.candidates else "")
+              + ")")
 
     # search: spread targets in the first context, refined by budget niches
     problem = SearchProblem.from_predictors(predictor, tables)
@@ -243,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
                  {"command": "dynadnn search", "dataset": data_spec, "profile": str(profile_dir),
                   "predictor_fit": fit, "search": {"evaluations": result.evaluations, "seconds": round(result.seconds, 3),
                                                    "archive": len(archs), "targets_ms": [round(t, 4) for t in targets]},
-                  "candidates": len(rows),
+                  "candidates": [{"arch": r["arch"].to_dict(), "top1_measured": round(r["top1"], 4),
+                                  "top1_predicted": round(r["pred"], 4), "latency_ms": r["lat_full"]} for r in rows],
                   "dropped_dominated": [r["arch"].to_dict() for r in dropped],
                   "thinned": [r["arch"].to_dict() for r in thinned],
                   "seconds_total": round(time.perf_counter() - t_start, 1)})

@@ -1,4 +1,5 @@
-"""Accuracy predictor: an MLP on OFA's one-hot architecture encoding.
+"""Accuracy predictor: an MLP (or, for small noisy training sets, a ridge model) on OFA's one-hot
+architecture encoding.
 
 Measuring a sub-network's accuracy needs BN calibration and a pass over a validation set (seconds to
 minutes); the search needs tens of thousands of them, so it asks this predictor instead. The network is
@@ -28,6 +29,7 @@ from .genes import GeneCoding
 
 PREDICTOR_FORMAT = "dynadnn.accuracy_predictor/1"
 OFA_HIDDEN = (400, 400, 400)
+RIDGE_ALPHAS = (1.0, 3.0, 10.0, 30.0)
 
 
 def build_mlp(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
@@ -51,6 +53,8 @@ class FitReport:
     rmse: float
     kendall_tau: float
     epochs: int
+    model: str = "mlp"
+    candidates: dict[str, float] | None = None  # model -> cross-validated Kendall tau, when several were tried
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -163,26 +167,60 @@ class AccuracyPredictor:
     @classmethod
     def fit(cls, space: SearchSpace, archs: Sequence[Arch], top1: Sequence[float], *, hidden: Sequence[int] = OFA_HIDDEN,
             folds: int = 5, epochs: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4,
-            seed: int = 0) -> tuple["AccuracyPredictor", FitReport]:
+            seed: int = 0, kind: str = "auto", ridge_alphas: Sequence[float] = RIDGE_ALPHAS
+            ) -> tuple["AccuracyPredictor", FitReport]:
         """Train on (architecture, measured top-1 in percent) pairs. The report is k-fold cross-validated:
         every pair is predicted by a model that never saw it (RMSE and Kendall tau over all pairs, steadier
-        than one small held-out split); the returned predictor is then fitted on all pairs."""
+        than one small held-out split); the returned predictor is then fitted on all pairs.
+
+        `kind`: "mlp" (OFA's layout with `hidden` layers), "ridge" (a linear model on the same encoding:
+        one additive cost per choice, fitted in closed form with an L2 penalty; stored as an MLP with no
+        hidden layer, so files and the search treat it alike) or "auto": whichever ranks held-out pairs
+        best. With a few hundred noisy measurements the ridge model usually wins (measured on the shipped
+        model, 160 members: cross-validated tau 0.57 against the MLP's 0.45)."""
         if len(archs) != len(top1) or len(archs) < 10:
             raise UserError(f"accuracy predictor: need at least 10 (arch, top-1) pairs, got {len(archs)} archs "
                             f"and {len(top1)} values")
+        if kind not in ("auto", "mlp", "ridge"):
+            raise UserError(f"accuracy predictor kind '{kind}': expected auto, mlp or ridge")
         x = space.encode_many(list(archs))
         y = np.asarray(top1, dtype=np.float64) / 100.0
         order = np.random.default_rng(seed).permutation(len(x))
-        held = np.empty(len(x))
-        for k in range(folds):
-            test = order[k::folds]
-            train = np.setdiff1d(order, test)
-            model = _train_mlp(x[train], y[train], hidden, epochs, lr, weight_decay, seed + k)
-            held[test] = cls(space, hidden, model).predict_encoded(x[test])
-        rmse = float(math.sqrt(np.mean((held - y * 100.0) ** 2)))
-        report = FitReport(len(x) - len(x) // folds, len(x), rmse, kendall_tau(held, y), epochs)
-        final = _train_mlp(x, y, hidden, epochs, lr, weight_decay, seed)
-        return cls(space, hidden, final, {"origin": "dynadnn", "fit": report.to_dict()}), report
+        trainers: dict[str, Any] = {}
+        if kind in ("auto", "ridge"):
+            for a in ridge_alphas:
+                trainers[f"ridge(alpha={a:g})"] = (lambda xs, ys, k, a=a: _fit_ridge(xs, ys, a), (), 0)
+        if kind in ("auto", "mlp"):
+            trainers["mlp(" + ",".join(str(int(h)) for h in hidden) + ")"] = (
+                lambda xs, ys, k: _train_mlp(xs, ys, hidden, epochs, lr, weight_decay, seed + k), tuple(hidden), epochs)
+        results = {}
+        for name, (fit_fn, hid, _) in trainers.items():
+            held = np.empty(len(x))
+            for k in range(folds):
+                test = order[k::folds]
+                train = np.setdiff1d(order, test)
+                held[test] = cls(space, hid, fit_fn(x[train], y[train], k)).predict_encoded(x[test])
+            results[name] = (kendall_tau(held, y), float(math.sqrt(np.mean((held - y * 100.0) ** 2))))
+        best = max(results, key=lambda n: (results[n][0], -results[n][1]))
+        fit_fn, hid, ep = trainers[best]
+        tau, rmse = results[best]
+        report = FitReport(len(x) - len(x) // folds, len(x), rmse, tau, ep, best,
+                           {n: round(t, 4) for n, (t, _) in results.items()} if len(results) > 1 else None)
+        final = fit_fn(x, y, 0)
+        return cls(space, hid, final, {"origin": "dynadnn", "fit": report.to_dict()}), report
+
+
+def _fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> nn.Sequential:
+    """Closed-form ridge regression (features centred, intercept unpenalised) as a one-layer model."""
+    x = np.asarray(x, dtype=np.float64)
+    mu, ym = x.mean(0), float(y.mean())
+    a = x - mu
+    w = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ (y - ym))
+    model = build_mlp(x.shape[1], ())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.from_numpy(w[None, :].astype(np.float32)))
+        model[0].bias.fill_(ym - float(mu @ w))
+    return model.eval()
 
 
 def _train_mlp(x: np.ndarray, y: np.ndarray, hidden: Sequence[int], epochs: int, lr: float, weight_decay: float,
