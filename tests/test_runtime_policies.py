@@ -171,3 +171,26 @@ def test_registry_names_and_unknown_policy():
 
 def test_by_accuracy_orders_most_accurate_first():
     assert by_accuracy(OPTIONS)[0] == 4
+
+
+def test_deadline_calibration_rule_and_idle_floor():
+    """The deadline makes the heavy phase real for the static most accurate option (>= 20 % misses), lets the
+    fastest member meet it (>= 99.5 %), and never drops below the static option's idle p95 (x 1.1)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dynadnn.runtime.calibrate import Calibration, calibrate_deadline
+
+    rng = np.random.default_rng(0)
+    heavy = [rng.normal(o.p50_ms * 2.5, 0.2, 400) for o in OPTIONS]  # everything 2.5x slower under load
+    cal = Calibration([0, 1], {0: [rng.normal(o.p50_ms, 0.05, 400) for o in OPTIONS], 1: heavy}, heaviest=1)
+    mgr = SimpleNamespace(options=OPTIONS, targets=Targets(deadline_ms=50.0))
+    choice = calibrate_deadline(mgr, cal)
+    assert choice.static_option == 4 and choice.fastest_option == 0 and choice.feasible
+    assert choice.static_heavy_miss >= 0.2 and choice.fastest_heavy_on_time >= 0.995
+    assert choice.deadline_ms >= OPTIONS[4].p95_ms * 1.1
+    # calibration blocks that ran faster than the idle profile: the idle floor holds the deadline up
+    fast = Calibration([0, 1], {0: cal.latencies[0], 1: [h / 3.0 for h in heavy]}, heaviest=1)
+    low = calibrate_deadline(mgr, fast)
+    assert low.deadline_ms == pytest.approx(OPTIONS[4].p95_ms * 1.1, abs=1e-3) and not low.feasible
