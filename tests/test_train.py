@@ -49,6 +49,9 @@ def test_members_are_max_min_then_random_and_seeded_by_step():
     assert m[0] == space.max_arch() and m[1] == space.min_arch() and len(m) == 4
     assert m == step_members(space, 0, 5, 2) and m != step_members(space, 0, 6, 2)
     assert step_members(space, 0, 5, 2, sandwich=False) == [space.max_arch()]
+    shared = step_members(space, 0, 5, 2, shared_resolution=True)
+    assert len({a.r for a in shared}) == 1 and shared[0] == space.max_arch(shared[0].r)
+    assert shared[1] == space.min_arch(shared[0].r) and shared[2:] == m[2:]  # same random draws
 
 
 def test_no_weight_decay_on_bn_and_biases():

@@ -64,6 +64,7 @@ class Recipe:
     channels_last: bool = True
     micro_batches: int = 1  # split each batch, accumulate gradients (memory; or to mirror per-rank BN of DDP)
     init: str | None = None  # start from this checkpoint's weights (fine-tuning), not from random ones
+    shared_resolution: bool = False  # all members of a step at one r (OFA) instead of max at largest, min at smallest
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,13 +92,19 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * t))
 
 
-def step_members(space: SearchSpace, seed: int, step: int, n_random: int, sandwich: bool = True) -> list[Arch]:
-    """The members trained at `step`: max (largest r), min (smallest r), then random ones at one r drawn for
-    the step. A pure function of (seed, step): every rank and every resumed run draws the same."""
+def step_members(space: SearchSpace, seed: int, step: int, n_random: int, sandwich: bool = True,
+                 shared_resolution: bool = False) -> list[Arch]:
+    """The members trained at `step`: max, min, then random ones. Resolutions: by default max at the
+    largest r and min at the smallest (BigNAS), random ones at one r drawn for the step; with
+    `shared_resolution` every member of the step runs at that one r (OFA), so each member, min and max
+    included, sees every resolution. A pure function of (seed, step): every rank and every resumed run
+    draws the same."""
     if not sandwich:
         return [space.max_arch()]
     rng = random.Random(seed * 1_000_003 + step)
     r = rng.choice(space.resolutions)
+    if shared_resolution:
+        return [space.max_arch(r), space.min_arch(r)] + [space.sample(rng, r) for _ in range(n_random)]
     return [space.max_arch(), space.min_arch()] + [space.sample(rng, r) for _ in range(n_random)]
 
 
@@ -302,7 +309,8 @@ def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, check
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 torch.manual_seed(recipe.seed * 1_000_003 + step)  # dropout: same on every run
-                members = step_members(space, recipe.seed, step, recipe.n_random, recipe.sandwich)
+                members = step_members(space, recipe.seed, step, recipe.n_random, recipe.sandwich,
+                                       recipe.shared_resolution)
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = 0.0

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dropout", type=float, default=None, help="classifier dropout (default: the preset's)")
     p.add_argument("--micro-batches", type=int, default=1, help="split each batch and accumulate gradients "
                                                                "(less memory; BN statistics per micro-batch)")
+    p.add_argument("--shared-resolution", action="store_true",
+                   help="train every member of a step at one resolution drawn for the step (OFA), instead of max at "
+                        "the largest and min at the smallest (BigNAS, the default)")
     p.add_argument("--init", help="start from this checkpoint's weights (.safetensors, OFA .pth or zoo:NAME), e.g. to "
                                    "fine-tune a shipped model with a different recipe; the preset must match")
     p.add_argument("--seed", type=int, default=0)
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
                     weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, n_random=args.n_random,
                     warmup_epochs=args.warmup_epochs, epochs=args.epochs, minutes=args.minutes, steps=args.steps,
                     augment=args.augment, sandwich=not args.no_sandwich, dropout=args.dropout,
-                    micro_batches=args.micro_batches, init=args.init)
+                    micro_batches=args.micro_batches, init=args.init,
+                    shared_resolution=args.shared_resolution)
     command = "dynadnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("dynadnn") \
         else " ".join(shlex.quote(a) for a in ["dynadnn"] + sys.argv[sys.argv.index("train"):]) \
         if "train" in sys.argv else "dynadnn train"
