@@ -194,3 +194,8 @@ def test_deadline_calibration_rule_and_idle_floor():
     fast = Calibration([0, 1], {0: cal.latencies[0], 1: [h / 3.0 for h in heavy]}, heaviest=1)
     low = calibrate_deadline(mgr, fast)
     assert low.deadline_ms == pytest.approx(OPTIONS[4].p95_ms * 1.1, abs=1e-3) and not low.feasible
+    # paced idle frames slower than back-to-back ones (an idle vCPU slows down): the idle phase's p95 counts too
+    slow_idle = Calibration([0, 1], {0: [rng.normal(o.p50_ms * 1.4, 0.05, 400) for o in OPTIONS], 1: fast.latencies[1]},
+                            heaviest=1, idle=0)
+    held = calibrate_deadline(mgr, slow_idle)
+    assert held.deadline_ms >= 1.1 * float(np.quantile(slow_idle.latencies[0][4], 0.95)) - 1e-3 > low.deadline_ms
