@@ -30,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contexts", default="cpu:1t,cpu:2t", help="comma-separated contexts (default cpu:1t,cpu:2t)")
     p.add_argument("--members", type=int, default=8, help="family size: at most this many members (default 8)")
     p.add_argument("--candidates", type=int, default=None,
-                   help="architectures from the predicted front measured before choosing the family (default 3 x "
-                        "--members): predicted top-1 differences of a few tenths of a point are within the "
+                   help="architectures from the predicted front measured before choosing the family, besides the "
+                        "space's smallest and largest members (default 3 x --members): predicted top-1 differences of a few tenths of a point are within the "
                         "predictor's error, so the choice is made on measurements")
     p.add_argument("--out", required=True, help="family directory to write")
     p.add_argument("--profile", help="profile directory from `dynadnn profile` (default: profile now into OUT/profile)")
@@ -218,15 +218,23 @@ def run(args: argparse.Namespace) -> int:
     archs = result.archs()
     flops = FlopsModel(space)
 
+    cands = [(archs[r], float(result.accuracy[r]), {c: float(result.latency[r, i]) for i, c in enumerate(contexts)})
+             for r in picked_rows]
+    # the space's two extremes are always measured too: the largest member is trained at every step and is
+    # usually the most accurate in fact, even where the predictor ranks another one above it
+    res = problem.coding.resolutions or space.resolutions
+    for arch in (space.min_arch(min(res)), space.max_arch(max(res))):
+        if all(arch != a for a, _, _ in cands):
+            cands.append((arch, float(predictor.predict([arch])[0]),
+                          {c: float(tables[c].predict([arch])[0]) for c in contexts}))
+
     # calibrate and measure the candidates here
     rows = []
     with Progress(transient=True) as bar:
-        task = bar.add_task(f"calibrating and measuring {len(picked_rows)} candidates (top-1)", total=len(picked_rows))
-        for r in picked_rows:
-            arch = archs[r]
+        task = bar.add_task(f"calibrating and measuring {len(cands)} candidates (top-1)", total=len(cands))
+        for arch, pred, pred_lat in cands:
             top1, stats = measure_top1(net, arch, data, calib)
-            rows.append({"arch": arch, "top1": top1, "stats": stats, "pred": float(result.accuracy[r]),
-                         "pred_lat": {c: float(result.latency[r, i]) for i, c in enumerate(contexts)}})
+            rows.append({"arch": arch, "top1": top1, "stats": stats, "pred": pred, "pred_lat": pred_lat})
             bar.advance(task)
     print(f"timing {len(rows)} candidates in {', '.join(contexts)} (resident TorchScript vs ONNX Runtime)")
     measure_latency(net, rows, contexts)
