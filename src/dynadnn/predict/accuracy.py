@@ -81,7 +81,7 @@ class AccuracyPredictor:
     @torch.no_grad()
     def predict_encoded(self, features: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        return self.model(x)[:, 0].double().numpy() * 100.0
+        return np.clip(self.model(x)[:, 0].double().numpy() * 100.0, 0.0, 100.0)  # (a ridge model can overshoot)
 
     def predict_genes(self, genes: np.ndarray, coding: GeneCoding) -> np.ndarray:
         return self.predict_encoded(coding.onehot(genes))
