@@ -70,7 +70,7 @@ def run(candidate: str, stream: list[float], evict: np.ndarray | None) -> list[f
     spans = []
     if candidate == "floor":
         state = [0.0, 0.0]
-        for k, lat in enumerate(stream):
+        for lat in stream:
             if evict is not None:
                 evict += 1.0
             t0 = clock()

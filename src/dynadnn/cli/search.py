@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--members", type=int, default=8, help="family size: at most this many members (default 8)")
     p.add_argument("--candidates", type=int, default=None,
                    help="architectures from the predicted front measured before choosing the family, besides the "
-                        "space's smallest and largest members (default 3 x --members): predicted top-1 differences of a few tenths of a point are within the "
-                        "predictor's error, so the choice is made on measurements")
+                        "space's smallest and largest members (default 3 x --members): predicted top-1 "
+                        "differences of a few tenths of a point are within the predictor's error, so the "
+                        "choice is made on measurements")
     p.add_argument("--out", required=True, help="family directory to write")
     p.add_argument("--profile", help="profile directory from `dynadnn profile` (default: profile now into OUT/profile)")
     p.add_argument("--predictor", help="accuracy predictor directory (default: train one now into OUT/predictor)")
@@ -104,7 +105,8 @@ def measure_latency(net, rows: list[dict], contexts: list[str], runs: int = 100)
     from ..predict.profiling import context_device, time_members
     from ..runtime.knobs import deployed_latency
 
-    cpu = {c: context_device(c)[1] for c in contexts if context_device(c)[0] == "cpu"}
+    devices = {c: context_device(c) for c in contexts}
+    cpu = {c: threads for c, (device, threads) in devices.items() if device == "cpu"}
     if cpu:
         per_member = deployed_latency(net, [r["arch"] for r in rows], [r["stats"] for r in rows],
                                       sorted(set(cpu.values())), n=runs)

@@ -177,7 +177,7 @@ class AccuracyPredictor:
         one additive cost per choice, fitted in closed form with an L2 penalty; stored as an MLP with no
         hidden layer, so files and the search treat it alike) or "auto": whichever ranks held-out pairs
         best. With a few hundred noisy measurements the ridge model usually wins (measured on the shipped
-        model, 160 members: cross-validated tau 0.57 against the MLP's 0.45)."""
+        model, 160 members: cross-validated tau 0.57 against the MLP's 0.43)."""
         if len(archs) != len(top1) or len(archs) < 10:
             raise UserError(f"accuracy predictor: need at least 10 (arch, top-1) pairs, got {len(archs)} archs "
                             f"and {len(top1)} values")

@@ -91,15 +91,22 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
     return Calibration(phase_keys, lat, phase_keys[heavy_phase], loads, keys.get(()))
 
 
-def deadline_options(manager: RuntimeManager) -> list[int]:
-    """The static most-accurate option and every option of the fastest member."""
+def rule_options(manager: RuntimeManager) -> tuple[int, list[int]]:
+    """What the deadline rule reads: the option `static` would run (the most accurate member, its fastest
+    profile) and every option (thread count, backend) of the fastest member."""
     from .policies.static import StaticPolicy
 
     opts = manager.options
     static = StaticPolicy()
     static.options = opts
     fastest_member = min({o.member for o in opts}, key=lambda m: min(o.p50_ms for o in opts if o.member == m))
-    return sorted({static.initial(manager.targets)} | {i for i, o in enumerate(opts) if o.member == fastest_member})
+    return static.initial(manager.targets), [i for i, o in enumerate(opts) if o.member == fastest_member]
+
+
+def deadline_options(manager: RuntimeManager) -> list[int]:
+    """The static most-accurate option and every option of the fastest member."""
+    s_opt, fastest = rule_options(manager)
+    return sorted({s_opt, *fastest})
 
 
 @dataclass(frozen=True)
@@ -124,14 +131,8 @@ def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: f
     here: between paced frames the idle vCPU slows down, and a member can run ~30 % slower idle than
     beside busy competitors). When they cannot all hold, the lower bounds win and `feasible` says so."""
     opts = manager.options
-    from .policies.static import StaticPolicy
-
-    static = StaticPolicy()
-    static.options = opts
-    s_opt = static.initial(manager.targets)
+    s_opt, cands = rule_options(manager)
     heavy = cal.latencies[cal.heaviest]
-    fastest_member = min({o.member for o in opts}, key=lambda m: min(o.p50_ms for o in opts if o.member == m))
-    cands = [i for i, o in enumerate(opts) if o.member == fastest_member]
     f_opt = min(cands, key=lambda i: float(np.quantile(heavy[i], fastest_on_time)))
     need = float(np.quantile(heavy[f_opt], fastest_on_time))
     cap = float(np.quantile(heavy[s_opt], 1.0 - static_miss))  # below this, >= static_miss of frames exceed it

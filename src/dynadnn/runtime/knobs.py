@@ -192,30 +192,52 @@ def build_options(candidates: dict[tuple[int, int], list[Runner]], top1: Sequenc
     return tuple(options), runners, report
 
 
+def member_runners(supernet, archs: Sequence, bn_stats: Sequence, threads: Sequence[int],
+                   backends: Sequence[str] = BACKENDS, say: Callable[[str], None] = lambda msg: None,
+                   on_export_error: Callable[[int, Exception], None] | None = None) -> dict[tuple[int, int], list[Runner]]:
+    """Every member on every requested backend at every thread count, ready to be measured: the resident
+    TorchScript member (from `DynamicNetwork`) and one ONNX Runtime session per thread count. A member that
+    does not export runs on torch only (`on_export_error(member, exc)` hears of it); a member no backend
+    can run is an error."""
+    from ..errors import UserError
+
+    dyn = None
+    if "torch" in backends:
+        from ..dynamic import DynamicNetwork
+
+        say("building torch members")
+        dyn = DynamicNetwork(supernet, archs, bn_stats=bn_stats)
+    onnx_models: list[bytes | None] = [None] * len(archs)
+    if "ort" in backends:
+        say("exporting members to ONNX")
+        for i, (arch, bn) in enumerate(zip(archs, bn_stats)):
+            try:
+                onnx_models[i] = export_onnx(supernet.extract(arch, bn_stats=bn).fuse(), arch.r, supernet.space.in_channels)
+            except Exception as exc:  # noqa: BLE001 - torch still serves this member
+                if on_export_error is not None:
+                    on_export_error(i, exc)
+    candidates: dict[tuple[int, int], list[Runner]] = {}
+    for i, arch in enumerate(archs):
+        for t in threads:
+            cands: list[Runner] = []
+            if dyn is not None:
+                m = dyn.members[i]
+                cands.append(TorchRunner(i, m.module, arch.r, t, channels_last=m.channels_last))
+            if onnx_models[i] is not None:
+                cands.append(OrtRunner(i, onnx_models[i], arch.r, t))
+            if not cands:
+                raise UserError(f"member {i}: no backend could run it (backends: {', '.join(backends)})")
+            candidates[(i, t)] = cands
+    return candidates
+
+
 def deployed_latency(supernet, archs: Sequence, bn_stats: Sequence, threads: Sequence[int], n: int = 100,
                      backends: Sequence[str] = BACKENDS) -> list[dict[int, dict]]:
     """Batch-1 latency of each member as the manager would serve it: per thread count, every backend
     (resident TorchScript member, ONNX Runtime session) measured round-robin and the faster one kept.
     Returns, per member, {threads: {"median", "p95", "backend"}} in ms: what a family records, so the
     latencies it promises are the ones the runtime gets."""
-    from ..dynamic import build_member
-
-    candidates: dict[tuple[int, int], list[Runner]] = {}
-    for i, (arch, bn) in enumerate(zip(archs, bn_stats)):
-        torch_member = build_member(supernet, arch, bn) if "torch" in backends else None
-        onnx = None
-        if "ort" in backends:
-            try:
-                onnx = export_onnx(supernet.extract(arch, bn_stats=bn).fuse(), arch.r, supernet.space.in_channels)
-            except Exception:  # noqa: BLE001 - torch still measures this member
-                onnx = None
-        for t in threads:
-            cands: list[Runner] = []
-            if torch_member is not None:
-                cands.append(TorchRunner(i, torch_member.module, arch.r, t, channels_last=torch_member.channels_last))
-            if onnx is not None:
-                cands.append(OrtRunner(i, onnx, arch.r, t))
-            candidates[(i, t)] = cands
+    candidates = member_runners(supernet, archs, bn_stats, threads, backends)
     r = max(a.r for a in archs)
     example = torch.randn(1, supernet.space.in_channels, r, r)
     old = torch.get_num_threads()

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..platform.local import LocalPlatform, cpu_count
-from .knobs import BACKENDS, OrtRunner, Runner, TorchRunner, build_options, export_onnx
+from .knobs import BACKENDS, build_options, member_runners
 from .members import FamilySource
 from .monitors import LatencyMonitor, SystemMonitor
 from .options import Option, Targets, fastest
@@ -82,32 +82,9 @@ class RuntimeManager:
         self._torch_threads_before = torch.get_num_threads()
         space = source.supernet.space
         self.in_channels = space.in_channels
-        candidates: dict[tuple[int, int], list[Runner]] = {}
-        dyn = None
-        if "torch" in backends:
-            from ..dynamic import DynamicNetwork
-
-            say("building torch members")
-            dyn = DynamicNetwork(source.supernet, source.archs, bn_stats=source.bn_stats)
-        onnx_models: list[bytes | None] = [None] * len(source.archs)
-        if "ort" in backends:
-            say("exporting members to ONNX")
-            for i, (arch, bn) in enumerate(zip(source.archs, source.bn_stats)):
-                try:
-                    onnx_models[i] = export_onnx(source.supernet.extract(arch, bn_stats=bn).fuse(), arch.r, self.in_channels)
-                except Exception as exc:  # noqa: BLE001 - torch still serves this member
-                    self._log("export_failed", member=i, error=f"{type(exc).__name__}: {exc}")
-        for i, arch in enumerate(source.archs):
-            for t in self.threads:
-                cands: list[Runner] = []
-                if dyn is not None:
-                    m = dyn.members[i]
-                    cands.append(TorchRunner(i, m.module, arch.r, t, channels_last=m.channels_last))
-                if onnx_models[i] is not None:
-                    cands.append(OrtRunner(i, onnx_models[i], arch.r, t))
-                if not cands:
-                    raise UserError(f"member {i}: no backend could run it (backends: {', '.join(backends)})")
-                candidates[(i, t)] = cands
+        candidates = member_runners(
+            source.supernet, source.archs, source.bn_stats, self.threads, backends, say,
+            on_export_error=lambda i, exc: self._log("export_failed", member=i, error=f"{type(exc).__name__}: {exc}"))
         say("measuring every member on every backend and thread count")
         example = torch.randn(1, self.in_channels, max(a.r for a in source.archs), max(a.r for a in source.archs))
         self.options, self.runners, report = build_options(candidates, source.top1, source.names, example,
