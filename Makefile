@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py src/dynadnn/runtime/_native.c Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	# animal-mnist's metadata pulls tensorflow and ofa's pulls torchvision: neither is needed, so --no-deps.

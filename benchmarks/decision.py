@@ -9,9 +9,11 @@ runs right after an ONNX Runtime inference (or a sleep until the next frame). Th
   cold    after touching `--evict-mb` MB of memory (default 32, this machine's L3), which is roughly
           what an inference plus the time slices of other processes do to the caches
 
-Candidates: `static`, `dofa` and `feedback` (monitor update + policy step, what the manager runs), and
-`floor`: a three-statement Python function (one list store, one EWMA, one compare), the least any
-Python-level decision can do. If `floor` is cold above the budget, no Python policy can meet it.
+Candidates: `static`, `dofa` and `feedback` (the Python monitor update + policy step), `feedback-native`
+(the same law and monitor in C, `runtime/_native.c`, two calls from Python here; the manager makes none:
+its serving path calls them from C), and `floor`: a three-statement Python function (one list store, one
+EWMA, one compare), the least any Python-level decision can do. If `floor` is cold above the budget, no
+Python policy can meet it.
 
     .venv/bin/python benchmarks/decision.py            # ~1 min
     .venv/bin/python benchmarks/decision.py --steps 20000 --evict-mb 64
@@ -31,9 +33,9 @@ import time
 import numpy as np
 from _common import emit_json, load_average, percentile, print_table
 
-from dynadnn.runtime.monitors import LatencyMonitor
+from dynadnn.runtime.monitors import NativeLatencyMonitor, PyLatencyMonitor
 from dynadnn.runtime.options import Option, Targets
-from dynadnn.runtime.policies import make_policy
+from dynadnn.runtime.policies import FeedbackPolicy, NativeFeedbackPolicy, make_policy
 
 clock = time.perf_counter
 
@@ -77,9 +79,12 @@ def run(candidate: str, stream: list[float], evict: np.ndarray | None) -> list[f
             floor_step(state, lat, 5.0)
             spans.append(clock() - t0)
         return spans
-    policy = make_policy(candidate)
+    if candidate == "feedback-native":
+        policy, monitor = NativeFeedbackPolicy(), NativeLatencyMonitor()
+    else:
+        policy = FeedbackPolicy() if candidate == "feedback" else make_policy(candidate)
+        monitor = PyLatencyMonitor()
     current = policy.reset(options, targets)
-    monitor = LatencyMonitor()
     t = 0.0
     for lat in stream:
         if evict is not None:
@@ -104,7 +109,7 @@ def main() -> None:
     gc.freeze()
     results: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
-    for candidate in ("floor", "static", "dofa", "feedback"):
+    for candidate in ("floor", "static", "dofa", "feedback", "feedback-native"):
         results[candidate] = {}
         for mode in ("warm", "cold"):
             spans = run(candidate, stream, evict if mode == "cold" else None)
@@ -119,6 +124,7 @@ def main() -> None:
         "benchmark": "decision", "steps": args.steps, "evict_mb": args.evict_mb, "results": results,
         "cold_over_warm": round(fb["cold"]["p50_us"] / fb["warm"]["p50_us"], 2) if fb["warm"]["p50_us"] else math.nan,
         "feedback_cold_p99_us": fb["cold"]["p99_us"], "floor_cold_p99_us": results["floor"]["cold"]["p99_us"],
+        "feedback_native_cold_p99_us": results["feedback-native"]["cold"]["p99_us"],
         "load_average": load_average(),
     })
 

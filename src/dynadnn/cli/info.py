@@ -1,4 +1,5 @@
-"""`dynadnn info`: presets, their search-space sizes, and shipped models."""
+"""`dynadnn info`: presets, their search-space sizes, shipped models, and whether the runtime manager's
+per-inference path runs in C (`runtime/_native.c`, built at install when a C compiler is present)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from ..space import list_presets, load_space
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="list presets (search spaces) and shipped models",
-                       description="List the search-space presets with their size and choices.")
+    p = sub.add_parser("info", help="list presets (search spaces), shipped models and the runtime's build",
+                       description="List the search-space presets with their size and choices, the shipped "
+                                   "models, and whether the runtime manager's serving path is native (C) or "
+                                   "the pure-Python fallback.")
     p.set_defaults(func=run)
 
 
@@ -24,4 +27,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name, desc in list_models().items():
         print(f"zoo:{name:12s} {desc}")
+    from ..runtime.serving import NativeServing
+
+    print("runtime serving path: " + ("native (C)" if NativeServing is not None else
+                                      "pure Python (the C extension was not built: install a C compiler and "
+                                      "reinstall for a ~5x cheaper per-inference path)"))
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import threading
 import time
-from array import array
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -33,24 +32,9 @@ from .members import FamilySource
 from .monitors import LatencyMonitor, SystemMonitor
 from .options import Option, Targets, fastest
 from .policies import Policy, make_policy
+from .serving import Records, Serving
 
 clock = time.perf_counter
-cpu_clock = time.thread_time  # CPU time of the serving thread: the manager's own cost, without preemption
-
-
-class Records:
-    """Per-inference columns in typed arrays: appending allocates no garbage-collected objects, so the
-    serving loop does not trigger collector pauses."""
-
-    __slots__ = ("t", "option", "latency_ms", "decision_us", "decision_cpu_us", "deadline_ms")
-
-    def __init__(self) -> None:
-        self.t, self.option = array("d"), array("i")
-        self.latency_ms, self.decision_us, self.deadline_ms = array("d"), array("d"), array("d")
-        self.decision_cpu_us = array("d")  # the same spans in this thread's CPU time: preemption excluded
-
-    def __len__(self) -> int:
-        return len(self.t)
 
 
 class InferenceFailed(RuntimeError):
@@ -71,10 +55,8 @@ class RuntimeManager:
         self.threads = tuple(sorted(set(threads))) if threads else tuple(range(1, min(cpu_count(), 4) + 1))
         self.pin_affinity = pin_affinity
         self._targets = (targets or Targets()).validate()
-        self.events: list[dict[str, Any]] = []
+        self._events: list[dict[str, Any]] = []
         self.t0 = clock()
-        self.record = record
-        self.records = Records()
         self._closed = False
         say = progress or (lambda msg: None)
 
@@ -91,15 +73,22 @@ class RuntimeManager:
                                                            n=profile_frames)
         self._log("profiled", measurements=report)
         self.safe = fastest(self.options)
+        self.labels = [o.label() for o in self.options]  # formatted once: a switch only looks them up
 
         # --- monitors and policy ---------------------------------------------------------------------
         self.monitor = LatencyMonitor()
         self.system = SystemMonitor(period_s=system_period_s, n_cpus=self.platform.n_cpus,
                                     on_event=lambda kind, detail: self._log(kind, **detail),
                                     **({"reader": system_reader} if system_reader else {}))
+        self.serving = Serving(self.runners, [o.p50_ms for o in self.options], self.system, self._switched,
+                               self._recover, record=record)
+        self.serving.set_targets(self._targets)
+        self._sync_knobs()
+        self.predict = self.serving.predict  # callers reach the serving path directly (no Python frame)
         self.system.start()
         self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
         self.current = self.policy.reset(self.options, self._targets)
+        self.serving.set_policy(self.policy, self.monitor)
         self._apply(self.current, initial=True)
         self._log("ready", policy=self.policy.name, options=[o.label() for o in self.options],
                   current=self.options[self.current].label(), targets=self._targets.__dict__)
@@ -113,12 +102,24 @@ class RuntimeManager:
         """Replace the targets (whole, or some fields); safe from any thread, effective next inference."""
         new = (targets or self._targets).with_(**changes).validate()
         self._targets = new
+        self.serving.set_targets(new)
         self._log("targets", **new.__dict__)
         return new
 
     # --- events ---------------------------------------------------------------------------------------
     def _log(self, kind: str, **detail) -> None:
-        self.events.append({"t": clock(), "kind": kind, **detail})
+        self._events.append({"t": clock(), "kind": kind, **detail})
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every decision and fault in time order: the manager's own log plus the serving path's switches."""
+        switches = [{"t": t, "kind": "switch", "frm": self.labels[a], "to": self.labels[b], "latency_ms": lat,
+                     "policy": self.policy.name} for t, a, b, lat in self.serving.switches()]
+        return sorted(self._events + switches, key=lambda e: e["t"])
+
+    def _sync_knobs(self) -> None:
+        """Tell the serving path which switches need Python: a torch option (threads) or affinity."""
+        self.serving.set_knobs([o.backend != "ort" or self.pin_affinity for o in self.options])
 
     # --- knobs ----------------------------------------------------------------------------------------
     def _apply(self, idx: int, initial: bool = False) -> int:
@@ -133,6 +134,7 @@ class RuntimeManager:
             self._log("actuator_failed", option=opt.label(), error=f"{type(exc).__name__}: {exc}")
             if self.pin_affinity:
                 self.pin_affinity = False
+                self._sync_knobs()
                 self._log("fallback", reason="affinity disabled after a failure", option=self.options[self.safe].label())
             idx = self.safe
             self.policy.force(idx)
@@ -140,42 +142,24 @@ class RuntimeManager:
         return idx
 
     # --- serving --------------------------------------------------------------------------------------
+    @property
+    def current(self) -> int:
+        """The option the next inference runs."""
+        return self.serving.current
+
+    @current.setter
+    def current(self, idx: int) -> None:
+        self.serving.current = idx
+
     def predict(self, x) -> torch.Tensor:
-        """Logits for an image batch (NCHW at any resolution, or a {resolution: batch} mapping)."""
-        c0 = cpu_clock()
-        t0 = clock()
-        idx = self.current
-        runner = self.runners[idx]
-        targets = self._targets
-        t1 = clock()
-        c1 = cpu_clock()
-        try:
-            y = runner(x)
-        except Exception as exc:  # noqa: BLE001 - keep serving on the safe option
-            y, idx = self._recover(x, idx, exc)
-        c2 = cpu_clock()
-        t2 = clock()
-        lat = (t2 - t1) * 1e3
-        opt = self.options[idx]
-        deadline = targets.effective_deadline_ms()
-        self.monitor.update(lat, opt.p50_ms, deadline)
-        nxt = self.policy.step(t2, lat, idx, targets, self.system.sample)
-        if nxt != self.current:
-            before = self.options[self.current].label()
-            nxt = self._apply(nxt)
-            self._log("switch", frm=before, to=self.options[nxt].label(), policy=self.policy.name,
-                      latency_ms=lat, ewma_ms=self.monitor.ewma_ms)
-        t3 = clock()
-        c3 = cpu_clock()
-        if self.record:
-            r = self.records
-            r.t.append(t1)
-            r.option.append(idx)
-            r.latency_ms.append(lat)
-            r.decision_us.append(((t1 - t0) + (t3 - t2)) * 1e6)
-            r.decision_cpu_us.append(((c1 - c0) + (c3 - c2)) * 1e6)
-            r.deadline_ms.append(deadline)
-        return y
+        """Logits for an image batch (NCHW at any resolution, or a {resolution: batch} mapping): runs the
+        current option, measures it, lets the policy decide (`serving.Serving`; instances bind
+        `self.predict` to it directly)."""
+        return self.serving.predict(x)
+
+    def _switched(self, nxt: int, lat: float, t: float) -> int:
+        """The policy chose an option with knobs to turn (`_sync_knobs`): turn them; the option now current."""
+        return self._apply(nxt)
 
     def _recover(self, x, idx: int, exc: Exception):
         self._log("inference_failed", option=self.options[idx].label(), error=f"{type(exc).__name__}: {exc}")
@@ -197,11 +181,17 @@ class RuntimeManager:
         self.policy = pol
         self.monitor = LatencyMonitor()
         self.current = self._apply(pol.reset(self.options, self._targets))
+        self.serving.set_policy(pol, self.monitor)
         self._log("policy", policy=pol.name, current=self.options[self.current].label())
         return pol
 
+    @property
+    def records(self) -> Records:
+        """Per-inference records since the last `reset_records` (a copy when serving natively)."""
+        return self.serving.records()
+
     def reset_records(self) -> None:
-        self.records = Records()
+        self.serving.reset_records()
 
     def on_scenario(self, runner) -> None:
         """A scenario started: a policy that knows the schedule (the oracle) is told where to read it."""
@@ -209,6 +199,7 @@ class RuntimeManager:
         if bind is not None:
             bind(runner.phase_at)
             self.current = self._apply(self.policy.reset(self.options, self._targets))
+            self.serving.set_policy(self.policy, self.monitor)
         self._log("scenario", name=runner.scenario.name, duration_s=runner.duration_s)
 
     # --- reports --------------------------------------------------------------------------------------

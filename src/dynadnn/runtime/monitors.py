@@ -4,7 +4,8 @@
   cheaper than maintaining an order statistic tree in Python).
 - `LatencyMonitor`: measured latency per inference, updated at every inference in O(1): windowed p50/p95
   (on demand), deadline-miss rate over the window, EWMA, and the slowdown factor (measured / profiled
-  median latency of the option that ran).
+  median latency of the option that ran). Native (`_native.c`) when built; `PyLatencyMonitor` is the
+  reference it mirrors.
 - `SystemMonitor`: a daemon thread that samples /proc/stat and the process's own CPU time every `period_s`
   and publishes one immutable `SystemSample` (a reference swap, so the inference path never locks). A read
   that fails is counted and logged once per streak; the last good sample is marked not-ok so policies stop
@@ -89,15 +90,37 @@ class SortedWindow(Window):
         return self.ordered[min(n - 1, int(q * n))] if n else 0.0
 
 
-class LatencyMonitor:
+class _LatencyViews:
+    """Reads shared by both latency monitors (each keeps `window()`, `count`, `_missed_in` and counters)."""
+
+    __slots__ = ()
+
+    def quantile(self, q: float) -> float:
+        n = self.count
+        if not n:
+            return 0.0
+        return sorted(self.window())[min(n - 1, int(q * n))]
+
+    @property
+    def miss_rate(self) -> float:
+        return self._missed_in / self.count if self.count else 0.0
+
+    def snapshot(self) -> dict:
+        return {"n": self.n, "p50_ms": self.quantile(0.5), "p95_ms": self.quantile(0.95), "ewma_ms": self.ewma_ms,
+                "miss_rate": self.miss_rate, "slowdown_ewma": self.ewma_slowdown, "missed_total": self.n_missed}
+
+
+class PyLatencyMonitor(_LatencyViews):
     """Per-inference latency statistics: a window of the last `size` latencies (p50/p95 on demand), the
     deadline-miss rate over the same window, EWMAs of latency and of the slowdown factor (measured /
-    profiled median of the option that ran). `update` is a handful of float operations: it runs at every
-    inference inside the manager's 20 us budget."""
+    profiled median of the option that ran). The reference implementation: `_native.c` mirrors `update`
+    line by line, and `LatencyMonitor` is the native one when it is built."""
 
     __slots__ = ("size", "lat", "miss", "pos", "count", "alpha", "ewma_ms", "ewma_slowdown", "n", "n_missed", "_missed_in")
 
     def __init__(self, size: int = 64, alpha: float = 0.1):
+        if size < 1:
+            raise ValueError("window size must be >= 1")
         self.size, self.alpha = size, alpha
         self.lat = [0.0] * size
         self.miss = [False] * size
@@ -115,29 +138,30 @@ class LatencyMonitor:
         if self.count < self.size:
             self.count += 1
         self.n_missed += missed
+        ratio = latency_ms / profiled_p50_ms if profiled_p50_ms > 0 else 1.0
         if self.n:
             self.ewma_ms += self.alpha * (latency_ms - self.ewma_ms)
-            self.ewma_slowdown += self.alpha * (latency_ms / profiled_p50_ms - self.ewma_slowdown)
+            self.ewma_slowdown += self.alpha * (ratio - self.ewma_slowdown)
         else:
-            self.ewma_ms, self.ewma_slowdown = latency_ms, latency_ms / profiled_p50_ms
+            self.ewma_ms, self.ewma_slowdown = latency_ms, ratio
         self.n += 1
 
     def window(self) -> list[float]:
         return self.lat[:self.count]
 
-    def quantile(self, q: float) -> float:
-        if not self.count:
-            return 0.0
-        ordered = sorted(self.lat[:self.count])
-        return ordered[min(self.count - 1, int(q * self.count))]
 
-    @property
-    def miss_rate(self) -> float:
-        return self._missed_in / self.count if self.count else 0.0
+try:
+    from ._native import LatencyMonitorCore
 
-    def snapshot(self) -> dict:
-        return {"n": self.n, "p50_ms": self.quantile(0.5), "p95_ms": self.quantile(0.95), "ewma_ms": self.ewma_ms,
-                "miss_rate": self.miss_rate, "slowdown_ewma": self.ewma_slowdown, "missed_total": self.n_missed}
+    class NativeLatencyMonitor(LatencyMonitorCore, _LatencyViews):
+        """`PyLatencyMonitor` with `update` in C (a feedback policy can also update it inside its own step)."""
+
+        __slots__ = ()
+
+except ImportError:  # built without a C compiler: the reference runs
+    NativeLatencyMonitor = None  # type: ignore[assignment,misc]
+
+LatencyMonitor = NativeLatencyMonitor or PyLatencyMonitor
 
 
 class SystemMonitor:

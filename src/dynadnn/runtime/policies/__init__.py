@@ -5,14 +5,14 @@ from __future__ import annotations
 from ...errors import UserError
 from .base import Policy
 from .dofa import DofaPolicy
-from .feedback import FeedbackPolicy
+from .feedback import NATIVE, FeedbackPolicy, NativeFeedbackPolicy
 from .oracle import OraclePolicy
 from .static import StaticPolicy
 
 REGISTRY: dict[str, type[Policy]] = {
     "static": StaticPolicy,
     "dofa": DofaPolicy,
-    "feedback": FeedbackPolicy,
+    "feedback": NativeFeedbackPolicy if NATIVE else FeedbackPolicy,  # the same law; C when it is built
     "oracle": OraclePolicy,
 }
 
@@ -25,4 +25,5 @@ def make_policy(name: str, **kwargs) -> Policy:
     return cls(**kwargs)
 
 
-__all__ = ["Policy", "REGISTRY", "make_policy", "StaticPolicy", "DofaPolicy", "FeedbackPolicy", "OraclePolicy"]
+__all__ = ["Policy", "REGISTRY", "make_policy", "StaticPolicy", "DofaPolicy", "FeedbackPolicy", "NativeFeedbackPolicy",
+           "OraclePolicy"]

@@ -37,6 +37,7 @@ Model = tuple  # (m, e_ms, factor) per context
 
 class FeedbackPolicy(Policy):
     name = "feedback"
+    implementation = "python"  # the reference; `NativeFeedbackPolicy` runs the same law in C
 
     def __init__(self, margin: float = 0.10, up_hysteresis: float = 0.05, window: int = 40,
                  min_samples: int = 8, stale_s: float = 2.0, dwell_s: float = 0.3, min_dwell_s: float = 0.2,
@@ -240,5 +241,58 @@ class FeedbackPolicy(Policy):
         self._prepare(self._tg)
 
     def describe(self) -> dict:
-        return {"policy": self.name, "margin": self.margin, "up_hysteresis": self.up_hysteresis,
+        return {"policy": self.name, "implementation": self.implementation, "margin": self.margin, "up_hysteresis": self.up_hysteresis,
                 "dwell_s": self.dwell_s, "probe_s": self.probe_s, "model": "p95 = p50 x median ratio + tail excess"}
+
+
+def _state(name: str) -> property:
+    """A piece of control state: read from the C core once it exists, else kept on the instance (the
+    reference `reset` writes it before the core is built)."""
+
+    def get(self):
+        core = self.__dict__.get("core")
+        return getattr(core, name) if core is not None else self.__dict__["_" + name]
+
+    def put(self, value) -> None:
+        self.__dict__["_" + name] = value
+
+    return property(get, put)
+
+
+class NativeFeedbackPolicy(FeedbackPolicy):
+    """`FeedbackPolicy` with `step` and `force` in C (`_native.FeedbackCore`), which mirrors the Python
+    statement by statement. `reset` (rare) stays Python; it builds the core from what it prepared. After
+    that, `step` is the core's own method, and the native serving path (`serving.NativeServing`) calls
+    the core without going through Python at all."""
+
+    implementation = "native"
+    current = _state("current")
+    probe_wait = _state("probe_wait")
+    probing = _state("probing")
+
+    def reset(self, options: tuple[Option, ...], targets: Targets, start: int | None = None) -> int:
+        from .._native import FeedbackCore
+
+        self.__dict__.pop("step", None)
+        self.__dict__.pop("force", None)
+        self.core = None
+        cur = super().reset(options, targets, start)
+        ctx = {th: k for k, th in enumerate(self.threads)}
+        self.core = FeedbackCore(
+            p50=[o.p50_ms for o in self.options], ctx_of=[ctx[o.threads] for o in self.options],
+            ctx_threads=self.threads, order=self.order, idle_tail=[self.idle_tail[t] for t in self.threads],
+            window=self.window_size, min_samples=self.min_samples, margin=self.margin,
+            up_hysteresis=self.up_hysteresis, stale_s=self.stale_s, dwell_s=self.dwell_s,
+            min_dwell_s=self.min_dwell_s, probe_s=self.probe_s, probe_slack=self.probe_slack,
+            sync_penalty=self.sync_penalty, current=cur, targets=targets)
+        self.step = self.core.step  # type: ignore[method-assign]
+        self.force = self.core.force  # type: ignore[method-assign]
+        return cur
+
+
+try:
+    from .. import _native  # noqa: F401
+
+    NATIVE = True
+except ImportError:  # built without a C compiler: the reference runs
+    NATIVE = False

@@ -1,0 +1,1071 @@
+/* The manager's per-inference path in C: the latency monitor and the `feedback` control law.
+
+   Why native: right after an inference the caches are cold, and interpreted Python then costs about a
+   microsecond per line (measured in the serving loop here: the 15-line monitor update alone took 13-20 us,
+   the feedback step 35-45 us at the median and ~110 us at p99). The same logic as one C call costs a few
+   microseconds. The Python classes (`monitors.LatencyMonitor`, `policies.feedback.FeedbackPolicy`) stay
+   the reference: this file mirrors them statement by statement, in the same floating-point order, and a
+   test feeds both the same random streams and requires identical decisions.
+
+   Types:
+     LatencyMonitorCore(size=64, alpha=0.1)   update(latency_ms, profiled_p50_ms, deadline_ms)
+     FeedbackCore(...)                        step(t, latency_ms, option, targets, system=None) -> int
+     ServingCore(...)                         predict(x): runner, clock, monitor, policy, records
+   ServingCore is `serving.PyServing` in C: with it the manager's whole per-inference path runs without
+   interpreting a line of Python unless the policy is a Python one or the option changes. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_CTX 16
+#define NONE_T (-1e300) /* "no time recorded" for up_since / slack_since (Python: None) */
+
+static PyObject *str_ok, *str_n_cpus, *str_others_busy, *str_effective;
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* LatencyMonitorCore                                                                                  */
+
+typedef struct {
+    PyObject_HEAD
+    int size, pos, count, missed_in;
+    double alpha, ewma_ms, ewma_slowdown;
+    long long n, n_missed;
+    double *lat;
+    unsigned char *miss;
+} MonitorObject;
+
+static PyTypeObject MonitorType;
+
+static void monitor_update(MonitorObject *m, double lat, double p50, double deadline) {
+    int pos = m->pos;
+    int missed = lat > deadline;
+    if (m->count == m->size)
+        m->missed_in += missed - m->miss[pos];
+    else
+        m->missed_in += missed;
+    m->lat[pos] = lat;
+    m->miss[pos] = (unsigned char)missed;
+    m->pos = pos + 1 < m->size ? pos + 1 : 0;
+    if (m->count < m->size) m->count++;
+    m->n_missed += missed;
+    double ratio = p50 > 0.0 ? lat / p50 : 1.0;
+    if (m->n) {
+        m->ewma_ms += m->alpha * (lat - m->ewma_ms);
+        m->ewma_slowdown += m->alpha * (ratio - m->ewma_slowdown);
+    } else {
+        m->ewma_ms = lat;
+        m->ewma_slowdown = ratio;
+    }
+    m->n++;
+}
+
+static int monitor_init(MonitorObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"size", "alpha", NULL};
+    int size = 64;
+    double alpha = 0.1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|id", kwlist, &size, &alpha)) return -1;
+    if (size < 1) {
+        PyErr_SetString(PyExc_ValueError, "window size must be >= 1");
+        return -1;
+    }
+    PyMem_Free(m->lat);
+    PyMem_Free(m->miss);
+    m->lat = PyMem_Calloc(size, sizeof(double));
+    m->miss = PyMem_Calloc(size, 1);
+    if (!m->lat || !m->miss) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    m->size = size;
+    m->alpha = alpha;
+    m->pos = m->count = m->missed_in = 0;
+    m->n = m->n_missed = 0;
+    m->ewma_ms = 0.0;
+    m->ewma_slowdown = 1.0;
+    return 0;
+}
+
+static void monitor_dealloc(MonitorObject *m) {
+    PyMem_Free(m->lat);
+    PyMem_Free(m->miss);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static int as_double(PyObject *o, double *out) {
+    *out = PyFloat_AsDouble(o);
+    return !(*out == -1.0 && PyErr_Occurred());
+}
+
+static PyObject *monitor_update_py(MonitorObject *m, PyObject *const *args, Py_ssize_t nargs) {
+    double lat, p50, deadline;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "update(latency_ms, profiled_p50_ms, deadline_ms)");
+        return NULL;
+    }
+    if (!as_double(args[0], &lat) || !as_double(args[1], &p50) || !as_double(args[2], &deadline)) return NULL;
+    monitor_update(m, lat, p50, deadline);
+    Py_RETURN_NONE;
+}
+
+static PyObject *monitor_window(MonitorObject *m, PyObject *unused) {
+    PyObject *out = PyList_New(m->count);
+    if (!out) return NULL;
+    for (int i = 0; i < m->count; i++) {
+        PyObject *v = PyFloat_FromDouble(m->lat[i]);
+        if (!v) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+static PyMethodDef monitor_methods[] = {
+    {"update", (PyCFunction)(void (*)(void))monitor_update_py, METH_FASTCALL,
+     "update(latency_ms, profiled_p50_ms, deadline_ms): one inference's latency"},
+    {"window", (PyCFunction)monitor_window, METH_NOARGS, "the latencies in the window (ring order)"},
+    {NULL}};
+
+static PyMemberDef monitor_members[] = {
+    {"size", T_INT, offsetof(MonitorObject, size), READONLY, NULL},
+    {"count", T_INT, offsetof(MonitorObject, count), READONLY, NULL},
+    {"alpha", T_DOUBLE, offsetof(MonitorObject, alpha), READONLY, NULL},
+    {"ewma_ms", T_DOUBLE, offsetof(MonitorObject, ewma_ms), READONLY, NULL},
+    {"ewma_slowdown", T_DOUBLE, offsetof(MonitorObject, ewma_slowdown), READONLY, NULL},
+    {"n", T_LONGLONG, offsetof(MonitorObject, n), READONLY, NULL},
+    {"n_missed", T_LONGLONG, offsetof(MonitorObject, n_missed), READONLY, NULL},
+    {"_missed_in", T_INT, offsetof(MonitorObject, missed_in), READONLY, NULL},
+    {NULL}};
+
+static PyTypeObject MonitorType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dynadnn.runtime._native.LatencyMonitorCore",
+    .tp_basicsize = sizeof(MonitorObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Windowed latency, deadline misses and EWMAs (see monitors.LatencyMonitor).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)monitor_init,
+    .tp_dealloc = (destructor)monitor_dealloc,
+    .tp_methods = monitor_methods,
+    .tp_members = monitor_members,
+};
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* FeedbackCore                                                                                        */
+
+typedef struct {
+    double *values, *ordered;
+    int pos, count;
+} SortedWindow;
+
+static void window_push(SortedWindow *w, int size, double value) {
+    int n;
+    if (w->count == size) { /* drop the value leaving the ring: bisect_left finds it */
+        double old = w->values[w->pos];
+        int lo = 0, hi = size;
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (w->ordered[mid] < old) lo = mid + 1; else hi = mid;
+        }
+        memmove(w->ordered + lo, w->ordered + lo + 1, (size_t)(size - lo - 1) * sizeof(double));
+        n = size - 1;
+    } else {
+        n = w->count;
+        w->count++;
+    }
+    int lo = 0, hi = n; /* insort (right) */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (value < w->ordered[mid]) hi = mid; else lo = mid + 1;
+    }
+    memmove(w->ordered + lo + 1, w->ordered + lo, (size_t)(n - lo) * sizeof(double));
+    w->ordered[lo] = value;
+    w->values[w->pos] = value;
+    w->pos = w->pos + 1 < size ? w->pos + 1 : 0;
+}
+
+typedef struct {
+    PyObject_HEAD
+    int n_opt, n_ctx, wsize, min_samples;
+    double margin, up_hyst, stale_s, dwell_s, min_dwell_s, probe_s, probe_slack, sync_penalty;
+    /* per option (index), per rank (accuracy order), per context */
+    double *p50, *inv_p50, *p50_by_rank;
+    int *ctx_of, *order, *rank, *ctx_by_rank;
+    int ctx_threads[MAX_CTX];
+    double idle_tail[MAX_CTX], ref_p50[MAX_CTX], last_seen[MAX_CTX];
+    SortedWindow win[MAX_CTX];
+    /* control state */
+    int current, probing, active;
+    double last_switch_t, up_since, slack_since, probe_wait;
+    /* prepared at the last switch / target change */
+    PyObject *tg;
+    double hold_p, hold_until, deadline, budget, up_budget, p50_cur;
+    double better_min[MAX_CTX];
+    unsigned char has_better[MAX_CTX];
+} CoreObject;
+
+static PyTypeObject CoreType;
+
+static int prepare(CoreObject *s, PyObject *targets) {
+    if (targets != s->tg) { /* Targets are frozen: the same object has the same deadline */
+        PyObject *d = PyObject_CallMethodNoArgs(targets, str_effective);
+        if (!d) return -1;
+        double deadline = PyFloat_AsDouble(d);
+        Py_DECREF(d);
+        if (deadline == -1.0 && PyErr_Occurred()) return -1;
+        Py_INCREF(targets);
+        Py_XSETREF(s->tg, targets);
+        s->deadline = deadline;
+    }
+    double deadline = s->deadline;
+    s->hold_p = 0.0;
+    s->hold_until = -1e18;
+    s->budget = deadline / (1.0 + s->margin);
+    s->up_budget = deadline / (1.0 + s->margin + s->up_hyst);
+    s->active = s->ctx_of[s->current];
+    s->p50_cur = s->p50[s->current];
+    for (int c = 0; c < s->n_ctx; c++) s->has_better[c] = 0;
+    for (int r = 0; r < s->rank[s->current]; r++) {
+        int c = s->ctx_by_rank[r];
+        double p = s->p50_by_rank[r];
+        if (!s->has_better[c] || p < s->better_min[c]) {
+            s->better_min[c] = p;
+            s->has_better[c] = 1;
+        }
+    }
+    return 0;
+}
+
+/* (m, e) from a context's own window, or the idle profile */
+static void own(CoreObject *s, int c, double *m, double *e) {
+    SortedWindow *w = &s->win[c];
+    int n = w->count;
+    if (n < s->min_samples) {
+        *m = 1.0;
+        *e = (s->idle_tail[c] - 1.0) * s->ref_p50[c];
+        return;
+    }
+    *m = w->ordered[n / 2];
+    *e = (w->ordered[(int)(0.95 * n)] - *m) * s->ref_p50[c];
+}
+
+/* sync penalty for running context c beside what the system monitor saw; -1 on error */
+static double penalty(CoreObject *s, int c, PyObject *system) {
+    int th = s->ctx_threads[c];
+    if (th <= 1) return 1.0;
+    int known = 0;
+    double free = 0.0;
+    if (system != Py_None) {
+        PyObject *ok = PyObject_GetAttr(system, str_ok);
+        if (!ok) return -1.0;
+        int truth = PyObject_IsTrue(ok);
+        Py_DECREF(ok);
+        if (truth < 0) return -1.0;
+        if (truth) {
+            PyObject *nc = PyObject_GetAttr(system, str_n_cpus);
+            if (!nc) return -1.0;
+            PyObject *ob = PyObject_GetAttr(system, str_others_busy);
+            if (!ob) {
+                Py_DECREF(nc);
+                return -1.0;
+            }
+            double a = PyFloat_AsDouble(nc), b = PyFloat_AsDouble(ob);
+            Py_DECREF(nc);
+            Py_DECREF(ob);
+            if (PyErr_Occurred()) return -1.0;
+            free = a - b;
+            known = 1;
+        }
+    }
+    return (!known || th > free + 0.25) ? s->sync_penalty : 1.0;
+}
+
+static int models(CoreObject *s, double t, PyObject *system, double *m, double *e, double *f) {
+    int a = s->active;
+    own(s, a, &m[a], &e[a]);
+    f[a] = 1.0;
+    for (int c = 0; c < s->n_ctx; c++) {
+        if (c == a) continue;
+        if (s->win[c].count >= s->min_samples && t - s->last_seen[c] <= s->stale_s) {
+            own(s, c, &m[c], &e[c]);
+            f[c] = 1.0;
+        } else {
+            m[c] = m[a];
+            e[c] = e[a];
+            f[c] = penalty(s, c, system);
+            if (f[c] < 0) return -1;
+        }
+    }
+    return 0;
+}
+
+static int first_fitting(CoreObject *s, const double *m, const double *e, const double *f, double budget, int upto) {
+    for (int r = 0; r < upto; r++) {
+        int c = s->ctx_by_rank[r];
+        if ((s->p50_by_rank[r] * m[c] + e[c]) * f[c] <= budget) return r;
+    }
+    return -1;
+}
+
+static int do_switch(CoreObject *s, int option, double t, PyObject *targets) {
+    s->current = option;
+    s->last_switch_t = t;
+    s->up_since = NONE_T;
+    s->slack_since = NONE_T;
+    return prepare(s, targets) < 0 ? -1 : option;
+}
+
+static int go_down(CoreObject *s, double t, double pred, PyObject *system) {
+    double m[MAX_CTX], e[MAX_CTX], f[MAX_CTX];
+    if (models(s, t, system, m, e, f) < 0) return -1;
+    int r = first_fitting(s, m, e, f, s->budget, s->n_opt);
+    int choice;
+    if (r >= 0) {
+        choice = s->order[r];
+    } else { /* nothing fits: the option predicted fastest */
+        choice = 0;
+        double best = 0.0;
+        for (int i = 0; i < s->n_opt; i++) {
+            int c = s->ctx_of[i];
+            double p = (s->p50[i] * m[c] + e[c]) * f[c];
+            if (i == 0 || p < best) {
+                best = p;
+                choice = i;
+            }
+        }
+    }
+    if (choice != s->current) return do_switch(s, choice, t, s->tg);
+    s->hold_p = pred * 1.1; /* already on the best we have: search again if 10 % worse or after 0.1 s */
+    s->hold_until = t + 0.1;
+    return s->current;
+}
+
+static int predicted_min(CoreObject *s, int c, double p50, double t, double m, double e, PyObject *system,
+                         double *out) {
+    if (s->win[c].count >= s->min_samples && t - s->last_seen[c] <= s->stale_s) {
+        double m2, e2;
+        own(s, c, &m2, &e2);
+        *out = p50 * m2 + e2;
+        return 0;
+    }
+    double pen = penalty(s, c, system);
+    if (pen < 0) return -1;
+    *out = (p50 * m + e) * pen;
+    return 0;
+}
+
+static int step(CoreObject *s, double t, double lat, int option, PyObject *targets, PyObject *system) {
+    int c = s->ctx_of[option];
+    if (targets != s->tg || option != s->current) {
+        s->current = option; /* (the manager ran something else: a fall-back) */
+        if (prepare(s, targets) < 0) return -1;
+    }
+    SortedWindow *w = &s->win[c];
+    window_push(w, s->wsize, lat * s->inv_p50[option]);
+    s->ref_p50[c] = s->p50[option];
+    s->last_seen[c] = t;
+    if (s->probing && lat > s->deadline) { /* a probe that misses: back off, go down at once */
+        s->probing = 0;
+        s->probe_wait *= 2.0;
+    }
+    int n = w->count;
+    double p50c = s->p50_cur, m, pred;
+    if (n >= s->min_samples) {
+        m = w->ordered[n / 2];
+        pred = w->ordered[(int)(0.95 * n)] * p50c;
+    } else {
+        m = 1.0;
+        pred = s->idle_tail[c] * p50c;
+    }
+    double e = pred - m * p50c;
+    if (pred > s->budget) {
+        if (pred > s->hold_p || t >= s->hold_until) return go_down(s, t, pred, system);
+        return s->current;
+    }
+    /* upward: a more accurate option fits with hysteresis -> after a dwell */
+    int up_ok = 0;
+    for (int u = 0; u < s->n_ctx && !up_ok; u++) {
+        if (!s->has_better[u]) continue;
+        double p;
+        if (u == c) {
+            p = s->better_min[u] * m + e;
+        } else if (predicted_min(s, u, s->better_min[u], t, m, e, system, &p) < 0) {
+            return -1;
+        }
+        up_ok = p <= s->up_budget;
+    }
+    if (up_ok) {
+        if (s->up_since == NONE_T) s->up_since = t;
+        if (t - s->up_since >= s->dwell_s && t - s->last_switch_t >= s->min_dwell_s) {
+            double mm[MAX_CTX], ee[MAX_CTX], ff[MAX_CTX];
+            if (models(s, t, system, mm, ee, ff) < 0) return -1;
+            int r = first_fitting(s, mm, ee, ff, s->up_budget, s->rank[s->current]);
+            if (r >= 0) {
+                s->probe_wait = s->probe_s;
+                return do_switch(s, s->order[r], t, targets);
+            }
+        }
+        return s->current;
+    }
+    s->up_since = NONE_T;
+    /* probing: slack persists but the model forbids going up */
+    if (pred <= s->probe_slack * s->deadline && s->rank[s->current] > 0) {
+        if (s->slack_since == NONE_T) {
+            s->slack_since = t;
+        } else if (t - s->slack_since >= s->probe_wait && t - s->last_switch_t >= s->min_dwell_s) {
+            int nxt = s->order[s->rank[s->current] - 1];
+            double mm[MAX_CTX], ee[MAX_CTX], ff[MAX_CTX];
+            if (models(s, t, system, mm, ee, ff) < 0) return -1;
+            int cn = s->ctx_of[nxt];
+            if ((s->p50[nxt] * mm[cn] + ee[cn]) * ff[cn] <= s->deadline) {
+                s->probing = 1;
+                return do_switch(s, nxt, t, targets);
+            }
+        }
+    } else {
+        s->slack_since = NONE_T;
+    }
+    return s->current;
+}
+
+static PyObject *core_step(CoreObject *s, PyObject *const *args, Py_ssize_t nargs) {
+    double t, lat;
+    if (nargs < 4 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "step(t, latency_ms, option, targets, system=None)");
+        return NULL;
+    }
+    if (!as_double(args[0], &t) || !as_double(args[1], &lat)) return NULL;
+    long option = PyLong_AsLong(args[2]);
+    if (option == -1 && PyErr_Occurred()) return NULL;
+    if (option < 0 || option >= s->n_opt) {
+        PyErr_Format(PyExc_IndexError, "option %ld out of range (0..%d)", option, s->n_opt - 1);
+        return NULL;
+    }
+    int r = step(s, t, lat, (int)option, args[3], nargs == 5 ? args[4] : Py_None);
+    return r < 0 ? NULL : PyLong_FromLong(r);
+}
+
+static PyObject *core_force(CoreObject *s, PyObject *arg) {
+    long option = PyLong_AsLong(arg);
+    if (option == -1 && PyErr_Occurred()) return NULL;
+    if (option < 0 || option >= s->n_opt) {
+        PyErr_Format(PyExc_IndexError, "option %ld out of range (0..%d)", option, s->n_opt - 1);
+        return NULL;
+    }
+    s->current = (int)option;
+    s->up_since = NONE_T;
+    s->slack_since = NONE_T;
+    if (prepare(s, s->tg) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static int read_ints(PyObject *seq, int n, int *out, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d values", what, n);
+        Py_DECREF(fast);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        out[i] = (int)v;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int read_doubles(PyObject *seq, int n, double *out, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return -1;
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %d values", what, n);
+        Py_DECREF(fast);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static void core_free_arrays(CoreObject *s) {
+    PyMem_Free(s->p50);
+    PyMem_Free(s->inv_p50);
+    PyMem_Free(s->p50_by_rank);
+    PyMem_Free(s->ctx_of);
+    PyMem_Free(s->order);
+    PyMem_Free(s->rank);
+    PyMem_Free(s->ctx_by_rank);
+    s->p50 = s->inv_p50 = s->p50_by_rank = NULL;
+    s->ctx_of = s->order = s->rank = s->ctx_by_rank = NULL;
+    for (int c = 0; c < MAX_CTX; c++) {
+        PyMem_Free(s->win[c].values);
+        PyMem_Free(s->win[c].ordered);
+        s->win[c].values = s->win[c].ordered = NULL;
+    }
+}
+
+static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"p50", "ctx_of", "ctx_threads", "order", "idle_tail", "window", "min_samples",
+                             "margin", "up_hysteresis", "stale_s", "dwell_s", "min_dwell_s", "probe_s",
+                             "probe_slack", "sync_penalty", "current", "targets", NULL};
+    PyObject *p50, *ctx_of, *ctx_threads, *order, *idle_tail, *targets;
+    int wsize, min_samples, current;
+    double margin, up_hyst, stale_s, dwell_s, min_dwell_s, probe_s, probe_slack, sync_penalty;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOiiddddddddiO", kwlist, &p50, &ctx_of, &ctx_threads, &order,
+                                     &idle_tail, &wsize, &min_samples, &margin, &up_hyst, &stale_s, &dwell_s,
+                                     &min_dwell_s, &probe_s, &probe_slack, &sync_penalty, &current, &targets))
+        return -1;
+    Py_ssize_t n = PyObject_Length(p50), nc = PyObject_Length(ctx_threads);
+    if (n < 0 || nc < 0) return -1;
+    if (n < 1 || nc < 1 || nc > MAX_CTX || wsize < 1) {
+        PyErr_Format(PyExc_ValueError, "FeedbackCore: need >= 1 option, 1..%d contexts and window >= 1", MAX_CTX);
+        return -1;
+    }
+    core_free_arrays(s);
+    s->n_opt = (int)n;
+    s->n_ctx = (int)nc;
+    s->wsize = wsize;
+    s->p50 = PyMem_Calloc(n, sizeof(double));
+    s->inv_p50 = PyMem_Calloc(n, sizeof(double));
+    s->p50_by_rank = PyMem_Calloc(n, sizeof(double));
+    s->ctx_of = PyMem_Calloc(n, sizeof(int));
+    s->order = PyMem_Calloc(n, sizeof(int));
+    s->rank = PyMem_Calloc(n, sizeof(int));
+    s->ctx_by_rank = PyMem_Calloc(n, sizeof(int));
+    for (int c = 0; c < s->n_ctx; c++) {
+        s->win[c].values = PyMem_Calloc(wsize, sizeof(double));
+        s->win[c].ordered = PyMem_Calloc(wsize, sizeof(double));
+        s->win[c].pos = s->win[c].count = 0;
+        if (!s->win[c].values || !s->win[c].ordered) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    if (!s->p50 || !s->inv_p50 || !s->p50_by_rank || !s->ctx_of || !s->order || !s->rank || !s->ctx_by_rank) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (read_doubles(p50, s->n_opt, s->p50, "p50") < 0 || read_ints(ctx_of, s->n_opt, s->ctx_of, "ctx_of") < 0 ||
+        read_ints(ctx_threads, s->n_ctx, s->ctx_threads, "ctx_threads") < 0 ||
+        read_ints(order, s->n_opt, s->order, "order") < 0 ||
+        read_doubles(idle_tail, s->n_ctx, s->idle_tail, "idle_tail") < 0)
+        return -1;
+    for (int i = 0; i < s->n_opt; i++) s->rank[i] = -1;
+    for (int r = 0; r < s->n_opt; r++) {
+        int i = s->order[r];
+        if (i < 0 || i >= s->n_opt || s->rank[i] >= 0) {
+            PyErr_SetString(PyExc_ValueError, "order: expected a permutation of the option indices");
+            return -1;
+        }
+        s->rank[i] = r;
+    }
+    for (int i = 0; i < s->n_opt; i++) {
+        if (s->ctx_of[i] < 0 || s->ctx_of[i] >= s->n_ctx) {
+            PyErr_SetString(PyExc_ValueError, "ctx_of: context index out of range");
+            return -1;
+        }
+        s->inv_p50[i] = s->p50[i] > 0.0 ? 1.0 / s->p50[i] : 0.0;
+    }
+    for (int r = 0; r < s->n_opt; r++) {
+        s->p50_by_rank[r] = s->p50[s->order[r]];
+        s->ctx_by_rank[r] = s->ctx_of[s->order[r]];
+    }
+    if (current < 0 || current >= s->n_opt) {
+        PyErr_SetString(PyExc_ValueError, "current: option index out of range");
+        return -1;
+    }
+    s->min_samples = min_samples;
+    s->margin = margin;
+    s->up_hyst = up_hyst;
+    s->stale_s = stale_s;
+    s->dwell_s = dwell_s;
+    s->min_dwell_s = min_dwell_s;
+    s->probe_s = probe_s;
+    s->probe_slack = probe_slack;
+    s->sync_penalty = sync_penalty;
+    for (int c = 0; c < s->n_ctx; c++) {
+        s->ref_p50[c] = 1.0;
+        s->last_seen[c] = -1e18;
+    }
+    s->last_switch_t = -1e18;
+    s->up_since = s->slack_since = NONE_T;
+    s->probe_wait = probe_s;
+    s->probing = 0;
+    s->current = current;
+    return prepare(s, targets);
+}
+
+static int core_traverse(CoreObject *s, visitproc visit, void *arg) {
+    Py_VISIT(s->tg);
+    return 0;
+}
+
+static int core_clear(CoreObject *s) {
+    Py_CLEAR(s->tg);
+    return 0;
+}
+
+static void core_dealloc(CoreObject *s) {
+    PyObject_GC_UnTrack(s);
+    core_clear(s);
+    core_free_arrays(s);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *core_get_bool(CoreObject *s, void *closure) {
+    return PyBool_FromLong(s->probing);
+}
+
+static PyMethodDef core_methods[] = {
+    {"step", (PyCFunction)(void (*)(void))core_step, METH_FASTCALL,
+     "step(t, latency_ms, option, targets, system=None) -> the option for the next inference"},
+    {"force", (PyCFunction)core_force, METH_O, "force(option): the manager overrode the choice"},
+    {NULL}};
+
+static PyMemberDef core_members[] = {
+    {"current", T_INT, offsetof(CoreObject, current), READONLY, NULL},
+    {"probe_wait", T_DOUBLE, offsetof(CoreObject, probe_wait), READONLY, NULL},
+    {"last_switch_t", T_DOUBLE, offsetof(CoreObject, last_switch_t), READONLY, NULL},
+    {"deadline", T_DOUBLE, offsetof(CoreObject, deadline), READONLY, NULL},
+    {NULL}};
+
+static PyGetSetDef core_getset[] = {
+    {"probing", (getter)core_get_bool, NULL, "a probe is under way", NULL},
+    {NULL}};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dynadnn.runtime._native.FeedbackCore",
+    .tp_basicsize = sizeof(CoreObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The feedback control law (see policies.feedback.FeedbackPolicy).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)core_init,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+    .tp_getset = core_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* ServingCore: `serving.PyServing.predict` in C                                                       */
+
+static PyObject *str_sample, *str_step;
+
+static inline double now_s(void) { /* the clock behind time.perf_counter on Linux */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+typedef struct {
+    PyObject_HEAD
+    int n_opt, current, record;
+    double *p50;
+    PyObject *runners;          /* list of callables, one per option (the manager's list) */
+    PyObject *targets;          /* Targets, replaced whole */
+    double deadline;
+    MonitorObject *monitor;
+    CoreObject *core;           /* the native feedback policy, or NULL */
+    PyObject *policy_step;      /* a Python policy's bound step, when core is NULL */
+    PyObject *system;           /* SystemMonitor: its `.sample` goes to the policy */
+    PyObject *on_switch;        /* on_switch(option, latency_ms, t) -> the option actually applied */
+    PyObject *on_error;         /* on_error(x, option, exc) -> (y, option that ran) */
+    unsigned char *knobs;       /* per option: a switch to it needs on_switch (threads, affinity) */
+    Py_ssize_t len, cap;
+    double *r_t, *r_lat, *r_dec, *r_dl;
+    int *r_opt;
+    Py_ssize_t n_sw, cap_sw;    /* the switch log: (t, from, to, latency_ms) */
+    double *sw_t, *sw_lat;
+    int *sw_from, *sw_to;
+} ServingObject;
+
+static int switch_log(ServingObject *s, double t, int from, int to, double lat) {
+    if (s->n_sw == s->cap_sw) {
+        Py_ssize_t cap = s->cap_sw ? 2 * s->cap_sw : 256;
+        double *a = PyMem_Realloc(s->sw_t, cap * sizeof(double));
+        if (a) s->sw_t = a;
+        double *b = PyMem_Realloc(s->sw_lat, cap * sizeof(double));
+        if (b) s->sw_lat = b;
+        int *c = PyMem_Realloc(s->sw_from, cap * sizeof(int));
+        if (c) s->sw_from = c;
+        int *d = PyMem_Realloc(s->sw_to, cap * sizeof(int));
+        if (d) s->sw_to = d;
+        if (!a || !b || !c || !d) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->cap_sw = cap;
+    }
+    Py_ssize_t k = s->n_sw++;
+    s->sw_t[k] = t;
+    s->sw_from[k] = from;
+    s->sw_to[k] = to;
+    s->sw_lat[k] = lat;
+    return 0;
+}
+
+static int records_grow(ServingObject *s) {
+    Py_ssize_t cap = s->cap ? 2 * s->cap : 4096;
+    double *t = PyMem_Realloc(s->r_t, cap * sizeof(double));
+    if (t) s->r_t = t;
+    double *l = PyMem_Realloc(s->r_lat, cap * sizeof(double));
+    if (l) s->r_lat = l;
+    double *d = PyMem_Realloc(s->r_dec, cap * sizeof(double));
+    if (d) s->r_dec = d;
+    double *dl = PyMem_Realloc(s->r_dl, cap * sizeof(double));
+    if (dl) s->r_dl = dl;
+    int *o = PyMem_Realloc(s->r_opt, cap * sizeof(int));
+    if (o) s->r_opt = o;
+    if (!t || !l || !d || !dl || !o) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    s->cap = cap;
+    return 0;
+}
+
+static PyObject *serving_predict(ServingObject *s, PyObject *x) {
+    double t0 = now_s();
+    int idx = s->current;
+    if (idx >= PyList_GET_SIZE(s->runners)) {
+        PyErr_SetString(PyExc_IndexError, "the current option has no runner");
+        return NULL;
+    }
+    /* own references: another thread may swap the targets or a runner while this one runs (GIL released) */
+    PyObject *runner = PyList_GET_ITEM(s->runners, idx);
+    Py_INCREF(runner);
+    PyObject *targets = s->targets;
+    Py_INCREF(targets);
+    double deadline = s->deadline;
+    double t1 = now_s();
+    PyObject *y = PyObject_CallOneArg(runner, x);
+    Py_DECREF(runner);
+    if (!y) { /* the Python side logs, falls back to the safe option and re-runs the frame */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb) PyException_SetTraceback(value, tb);
+        PyObject *res = PyObject_CallFunction(s->on_error, "OiO", x, idx, value ? value : Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (!res) goto fail;
+        if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
+            Py_DECREF(res);
+            PyErr_SetString(PyExc_TypeError, "on_error must return (output, option)");
+            goto fail;
+        }
+        y = PyTuple_GET_ITEM(res, 0);
+        Py_INCREF(y);
+        idx = (int)PyLong_AsLong(PyTuple_GET_ITEM(res, 1));
+        Py_DECREF(res);
+        if (idx == -1 && PyErr_Occurred()) goto fail_y;
+    }
+    double t2 = now_s();
+    double lat = (t2 - t1) * 1e3;
+    monitor_update(s->monitor, lat, s->p50[idx], deadline);
+    PyObject *sample = PyObject_GetAttr(s->system, str_sample);
+    if (!sample) goto fail_y;
+    int nxt;
+    if (s->core) {
+        nxt = step(s->core, t2, lat, idx, targets, sample);
+    } else {
+        PyObject *args[5] = {PyFloat_FromDouble(t2), PyFloat_FromDouble(lat), PyLong_FromLong(idx), targets, sample};
+        PyObject *r = NULL;
+        if (args[0] && args[1] && args[2]) r = PyObject_Vectorcall(s->policy_step, args, 5, NULL);
+        Py_XDECREF(args[0]);
+        Py_XDECREF(args[1]);
+        Py_XDECREF(args[2]);
+        nxt = r ? (int)PyLong_AsLong(r) : -1;
+        Py_XDECREF(r);
+        if (nxt == -1 && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "policy.step returned -1");
+    }
+    Py_DECREF(sample);
+    if (nxt < 0) goto fail_y;
+    if (nxt != s->current) {
+        int before = s->current;
+        long applied = nxt;
+        if (s->knobs[nxt]) { /* threads or affinity to turn: the manager's Python does it */
+            PyObject *r = PyObject_CallFunction(s->on_switch, "idd", nxt, lat, t2);
+            if (!r) goto fail_y;
+            applied = PyLong_AsLong(r);
+            Py_DECREF(r);
+            if (applied == -1 && PyErr_Occurred()) goto fail_y;
+        }
+        s->current = (int)applied;
+        if (switch_log(s, t2, before, (int)applied, lat) < 0) goto fail_y;
+    }
+    double t3 = now_s();
+    if (s->record) {
+        if (s->len == s->cap && records_grow(s) < 0) goto fail_y;
+        Py_ssize_t k = s->len++;
+        s->r_t[k] = t1;
+        s->r_opt[k] = idx;
+        s->r_lat[k] = lat;
+        s->r_dec[k] = ((t1 - t0) + (t3 - t2)) * 1e6;
+        s->r_dl[k] = deadline;
+    }
+    Py_DECREF(targets);
+    return y;
+fail_y:
+    Py_DECREF(y);
+fail:
+    Py_DECREF(targets);
+    return NULL;
+}
+
+static int serving_init(ServingObject *s, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"runners", "p50", "system", "on_switch", "on_error", "record", NULL};
+    PyObject *runners, *p50, *system, *on_switch, *on_error;
+    int record = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|p", kwlist, &runners, &p50, &system, &on_switch, &on_error,
+                                     &record))
+        return -1;
+    if (!PyList_Check(runners) || PyList_GET_SIZE(runners) < 1) {
+        PyErr_SetString(PyExc_TypeError, "ServingCore: runners must be a non-empty list");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(runners);
+    PyMem_Free(s->p50);
+    PyMem_Free(s->knobs);
+    s->p50 = PyMem_Calloc(n, sizeof(double));
+    s->knobs = PyMem_Calloc(n, 1); /* none until set_knobs */
+    if (!s->p50 || !s->knobs) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (read_doubles(p50, (int)n, s->p50, "p50") < 0) return -1;
+    Py_INCREF(runners); /* the manager's own list: replacing a runner there takes effect here */
+    Py_XSETREF(s->runners, runners);
+    s->n_opt = (int)n;
+    s->current = 0;
+    s->record = record;
+    Py_INCREF(system);
+    Py_XSETREF(s->system, system);
+    Py_INCREF(on_switch);
+    Py_XSETREF(s->on_switch, on_switch);
+    Py_INCREF(on_error);
+    Py_XSETREF(s->on_error, on_error);
+    return 0;
+}
+
+static PyObject *serving_set_targets(ServingObject *s, PyObject *targets) {
+    PyObject *d = PyObject_CallMethodNoArgs(targets, str_effective);
+    if (!d) return NULL;
+    double deadline = PyFloat_AsDouble(d);
+    Py_DECREF(d);
+    if (deadline == -1.0 && PyErr_Occurred()) return NULL;
+    Py_INCREF(targets);
+    s->deadline = deadline; /* predict reads the pair under the GIL: always consistent */
+    Py_XSETREF(s->targets, targets);
+    Py_RETURN_NONE;
+}
+
+static PyObject *serving_set_policy(ServingObject *s, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyObject_TypeCheck(args[1], &MonitorType)) {
+        PyErr_SetString(PyExc_TypeError, "set_policy(policy, monitor: LatencyMonitorCore)");
+        return NULL;
+    }
+    PyObject *policy = args[0];
+    PyObject *core = PyObject_GetAttrString(policy, "core");
+    if (!core) PyErr_Clear();
+    if (core && PyObject_TypeCheck(core, &CoreType)) {
+        Py_XSETREF(s->core, (CoreObject *)core);
+        Py_CLEAR(s->policy_step);
+    } else {
+        Py_XDECREF(core);
+        PyObject *st = PyObject_GetAttr(policy, str_step);
+        if (!st) return NULL;
+        Py_XSETREF(s->policy_step, st);
+        Py_CLEAR(s->core);
+    }
+    Py_INCREF(args[1]);
+    Py_XSETREF(s->monitor, (MonitorObject *)args[1]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *serving_set_knobs(ServingObject *s, PyObject *flags) {
+    PyObject *fast = PySequence_Fast(flags, "set_knobs: expected a sequence of booleans");
+    if (!fast) return NULL;
+    if (PySequence_Fast_GET_SIZE(fast) != s->n_opt) {
+        Py_DECREF(fast);
+        PyErr_Format(PyExc_ValueError, "set_knobs: expected %d flags", s->n_opt);
+        return NULL;
+    }
+    for (int i = 0; i < s->n_opt; i++) {
+        int v = PyObject_IsTrue(PySequence_Fast_GET_ITEM(fast, i));
+        if (v < 0) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+        s->knobs[i] = (unsigned char)v;
+    }
+    Py_DECREF(fast);
+    Py_RETURN_NONE;
+}
+
+static PyObject *serving_switches(ServingObject *s, PyObject *unused) {
+    PyObject *out = PyList_New(s->n_sw);
+    if (!out) return NULL;
+    for (Py_ssize_t k = 0; k < s->n_sw; k++) {
+        PyObject *row = Py_BuildValue("(diid)", s->sw_t[k], s->sw_from[k], s->sw_to[k], s->sw_lat[k]);
+        if (!row) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, row);
+    }
+    return out;
+}
+
+static PyObject *serving_column(ServingObject *s, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    void *p = NULL;
+    size_t size = sizeof(double);
+    if (!strcmp(name, "t")) p = s->r_t;
+    else if (!strcmp(name, "latency_ms")) p = s->r_lat;
+    else if (!strcmp(name, "decision_us")) p = s->r_dec;
+    else if (!strcmp(name, "deadline_ms")) p = s->r_dl;
+    else if (!strcmp(name, "option")) { p = s->r_opt; size = sizeof(int); }
+    else {
+        PyErr_Format(PyExc_KeyError, "no record column '%s'", name);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize(p ? (const char *)p : "", (Py_ssize_t)(s->len * size));
+}
+
+static PyObject *serving_reset_records(ServingObject *s, PyObject *unused) {
+    s->len = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *serving_count(ServingObject *s, PyObject *unused) { return PyLong_FromSsize_t(s->len); }
+
+static int serving_traverse(ServingObject *s, visitproc visit, void *arg) {
+    Py_VISIT(s->runners);
+    Py_VISIT(s->targets);
+    Py_VISIT(s->monitor);
+    Py_VISIT(s->core);
+    Py_VISIT(s->policy_step);
+    Py_VISIT(s->system);
+    Py_VISIT(s->on_switch);
+    Py_VISIT(s->on_error);
+    return 0;
+}
+
+static int serving_clear(ServingObject *s) {
+    Py_CLEAR(s->runners);
+    Py_CLEAR(s->targets);
+    Py_CLEAR(s->monitor);
+    Py_CLEAR(s->core);
+    Py_CLEAR(s->policy_step);
+    Py_CLEAR(s->system);
+    Py_CLEAR(s->on_switch);
+    Py_CLEAR(s->on_error);
+    return 0;
+}
+
+static void serving_dealloc(ServingObject *s) {
+    PyObject_GC_UnTrack(s);
+    serving_clear(s);
+    PyMem_Free(s->p50);
+    PyMem_Free(s->knobs);
+    PyMem_Free(s->sw_t);
+    PyMem_Free(s->sw_lat);
+    PyMem_Free(s->sw_from);
+    PyMem_Free(s->sw_to);
+    PyMem_Free(s->r_t);
+    PyMem_Free(s->r_lat);
+    PyMem_Free(s->r_dec);
+    PyMem_Free(s->r_dl);
+    PyMem_Free(s->r_opt);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *serving_get_current(ServingObject *s, void *unused) { return PyLong_FromLong(s->current); }
+
+static int serving_set_current(ServingObject *s, PyObject *value, void *unused) {
+    long v = value ? PyLong_AsLong(value) : -1;
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 0 || v >= s->n_opt) {
+        PyErr_Format(PyExc_IndexError, "option %ld out of range (0..%d)", v, s->n_opt - 1);
+        return -1;
+    }
+    s->current = (int)v;
+    return 0;
+}
+
+static PyMethodDef serving_methods[] = {
+    {"predict", (PyCFunction)serving_predict, METH_O, "predict(x): run the current option, measure, decide"},
+    {"set_targets", (PyCFunction)serving_set_targets, METH_O, "set_targets(targets)"},
+    {"set_policy", (PyCFunction)(void (*)(void))serving_set_policy, METH_FASTCALL, "set_policy(policy, monitor)"},
+    {"column", (PyCFunction)serving_column, METH_O, "the raw bytes of one record column"},
+    {"set_knobs", (PyCFunction)serving_set_knobs, METH_O, "set_knobs(flags): per option, switches need on_switch"},
+    {"switches", (PyCFunction)serving_switches, METH_NOARGS, "the switch log: [(t, from, to, latency_ms)]"},
+    {"reset_records", (PyCFunction)serving_reset_records, METH_NOARGS, "drop the records"},
+    {"count", (PyCFunction)serving_count, METH_NOARGS, "number of records"},
+    {NULL}};
+
+static PyGetSetDef serving_getset[] = {
+    {"current", (getter)serving_get_current, (setter)serving_set_current, "the option the next frame runs", NULL},
+    {NULL}};
+
+static PyTypeObject ServingType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "dynadnn.runtime._native.ServingCore",
+    .tp_basicsize = sizeof(ServingObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "The manager's serving path (see serving.PyServing).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)serving_init,
+    .tp_dealloc = (destructor)serving_dealloc,
+    .tp_traverse = (traverseproc)serving_traverse,
+    .tp_clear = (inquiry)serving_clear,
+    .tp_methods = serving_methods,
+    .tp_getset = serving_getset,
+};
+
+/* ---------------------------------------------------------------------------------------------------- */
+
+static struct PyModuleDef native_module = {PyModuleDef_HEAD_INIT, "dynadnn.runtime._native",
+                                           "The manager's per-inference path in C.", -1, NULL};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&MonitorType) < 0 || PyType_Ready(&CoreType) < 0 || PyType_Ready(&ServingType) < 0)
+        return NULL;
+    str_ok = PyUnicode_InternFromString("ok");
+    str_n_cpus = PyUnicode_InternFromString("n_cpus");
+    str_others_busy = PyUnicode_InternFromString("others_busy");
+    str_effective = PyUnicode_InternFromString("effective_deadline_ms");
+    str_sample = PyUnicode_InternFromString("sample");
+    str_step = PyUnicode_InternFromString("step");
+    if (!str_ok || !str_n_cpus || !str_others_busy || !str_effective || !str_sample || !str_step) return NULL;
+    PyObject *m = PyModule_Create(&native_module);
+    if (!m) return NULL;
+    Py_INCREF(&MonitorType);
+    Py_INCREF(&CoreType);
+    Py_INCREF(&ServingType);
+    if (PyModule_AddObject(m, "LatencyMonitorCore", (PyObject *)&MonitorType) < 0 ||
+        PyModule_AddObject(m, "FeedbackCore", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObject(m, "ServingCore", (PyObject *)&ServingType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

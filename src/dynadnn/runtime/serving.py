@@ -1,0 +1,124 @@
+"""The manager's per-inference path: run the current option, time it, update the latency monitor, let
+the policy decide, turn the knobs when it changes its mind, record the frame.
+
+Why a module of its own: this is the only code that runs at every inference, so it is written twice.
+`PyServing` is the reference, readable and used wherever the C extension is not built; `ServingCore` in
+`_native.c` is the same path in C, which the manager uses when it is: right after an inference the
+caches are cold and each interpreted line costs about a microsecond, which alone breaks the manager's
+20 us budget per inference (measured: see BENCHMARKS.md, "decision path"). Both have one interface:
+
+    s = Serving(runners, p50s, system_monitor, on_switch, on_error, record=True)
+    s.set_targets(targets); s.set_policy(policy, monitor); s.set_knobs(flags); s.current = k
+    y = s.predict(x)
+    s.records()  /  s.reset_records()  /  s.switches()
+
+A switch is logged here, not by the manager; `on_switch(option, latency_ms, t)` is called only for options
+flagged by `set_knobs` (torch threads or CPU affinity to turn), and returns the option actually applied.
+
+The manager's own time per frame is recorded as `decision_us`: the span before the runner (picking it)
+plus the span after it (monitor, policy, knobs), in wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from typing import Any, Callable, Sequence
+
+clock = time.perf_counter  # CLOCK_MONOTONIC, as `now_s` in _native.c
+
+
+class Records:
+    """Per-inference columns in typed arrays (appending allocates no garbage-collected objects, so the
+    serving loop does not trigger collector pauses)."""
+
+    __slots__ = ("t", "option", "latency_ms", "decision_us", "deadline_ms")
+    COLUMNS = (("t", "d"), ("option", "i"), ("latency_ms", "d"), ("decision_us", "d"), ("deadline_ms", "d"))
+
+    def __init__(self) -> None:
+        for name, code in self.COLUMNS:
+            setattr(self, name, array(code))
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+class PyServing:
+    """The reference serving path (see the module docstring)."""
+
+    def __init__(self, runners: list[Callable], p50: Sequence[float], system: Any,
+                 on_switch: Callable[[int, float, float], int], on_error: Callable[[Any, int, Exception], tuple],
+                 record: bool = True):
+        self.runners = runners  # the manager's list: replacing a runner there takes effect here
+        self.p50 = [float(v) for v in p50]
+        self.system, self.on_switch, self.on_error, self.record = system, on_switch, on_error, record
+        self.current = 0
+        self.knobs = [False] * len(self.p50)
+        self._switches: list[tuple[float, int, int, float]] = []
+        self._records = Records()
+
+    def set_knobs(self, flags: Sequence[bool]) -> None:
+        if len(flags) != len(self.p50):
+            raise ValueError(f"set_knobs: expected {len(self.p50)} flags")
+        self.knobs = [bool(f) for f in flags]
+
+    def set_targets(self, targets) -> None:
+        self._now = (targets, targets.effective_deadline_ms())  # one reference: swapped whole
+
+    def set_policy(self, policy, monitor) -> None:
+        self.step, self.monitor = policy.step, monitor
+
+    def predict(self, x):
+        t0 = clock()
+        idx = self.current
+        runner = self.runners[idx]
+        targets, deadline = self._now
+        t1 = clock()
+        try:
+            y = runner(x)
+        except Exception as exc:  # noqa: BLE001 - the manager logs it and re-runs the frame on the safe option
+            y, idx = self.on_error(x, idx, exc)
+        t2 = clock()
+        lat = (t2 - t1) * 1e3
+        self.monitor.update(lat, self.p50[idx], deadline)
+        nxt = self.step(t2, lat, idx, targets, self.system.sample)
+        if nxt != self.current:
+            before = self.current
+            self.current = self.on_switch(nxt, lat, t2) if self.knobs[nxt] else nxt
+            self._switches.append((t2, before, self.current, lat))
+        t3 = clock()
+        if self.record:
+            r = self._records
+            r.t.append(t1)
+            r.option.append(idx)
+            r.latency_ms.append(lat)
+            r.decision_us.append(((t1 - t0) + (t3 - t2)) * 1e6)
+            r.deadline_ms.append(deadline)
+        return y
+
+    def records(self) -> Records:
+        return self._records
+
+    def reset_records(self) -> None:
+        self._records = Records()
+
+    def switches(self) -> list[tuple[float, int, int, float]]:
+        return list(self._switches)
+
+
+try:
+    from ._native import ServingCore
+
+    class NativeServing(ServingCore):
+        """`PyServing` in C; `records()` copies the C-owned columns into a `Records`."""
+
+        def records(self) -> Records:
+            r = Records()
+            for name, _ in Records.COLUMNS:
+                getattr(r, name).frombytes(self.column(name))
+            return r
+
+except ImportError:  # built without a C compiler: the reference runs
+    NativeServing = None  # type: ignore[assignment,misc]
+
+Serving = NativeServing or PyServing
