@@ -74,6 +74,9 @@ def test_targets_can_be_changed_from_another_thread(source):
         # an impossible deadline: the manager ends on the fastest option and keeps serving
         assert mgr.current == min(range(len(mgr.options)), key=lambda i: mgr.options[i].p50_ms)
         assert any(e["kind"] == "targets" for e in mgr.events)
+        assert not any(e["kind"] == "target_ignored" for e in mgr.events)
+        mgr.set_targets(power_w=5.0)  # no power model here: said so in the log, not silently dropped
+        assert [e["field"] for e in mgr.events if e["kind"] == "target_ignored"] == ["power_w"]
 
 
 def test_an_inference_that_raises_falls_back_to_the_safe_member(source):

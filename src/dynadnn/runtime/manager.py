@@ -92,6 +92,7 @@ class RuntimeManager:
         self._apply(self.current, initial=True)
         self._log("ready", policy=self.policy.name, options=[o.label() for o in self.options],
                   current=self.options[self.current].label(), targets=self._targets.__dict__)
+        self._note_ignored(self._targets)
 
     # --- targets --------------------------------------------------------------------------------------
     @property
@@ -104,7 +105,12 @@ class RuntimeManager:
         self._targets = new
         self.serving.set_targets(new)
         self._log("targets", **new.__dict__)
+        self._note_ignored(new)
         return new
+
+    def _note_ignored(self, targets: Targets) -> None:
+        if targets.power_w is not None:
+            self._log("target_ignored", field="power_w", reason="no policy models power on this platform yet")
 
     # --- events ---------------------------------------------------------------------------------------
     def _log(self, kind: str, **detail) -> None:

@@ -38,7 +38,8 @@ class Targets:
     deadline_ms: float = 50.0
     min_top1: float = 0.0
     fps: float | None = None
-    power_w: float | None = None
+    power_w: float | None = None  # carried, but no shipped policy acts on it yet: this machine has no power
+    #                               sensor (no RAPL, no cpufreq); the manager logs "target_ignored" when set
 
     def with_(self, **changes) -> "Targets":
         return replace(self, **changes)
