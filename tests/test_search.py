@@ -8,7 +8,8 @@ import pytest
 from dynadnn.errors import UserError
 from dynadnn.family import pick_spread
 from dynadnn.predict import reference_predictor, reference_table
-from dynadnn.search import BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, hypervolume, pareto_mask
+from dynadnn.search import (BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, _niche_evolution, hypervolume,
+                            pareto_mask)
 from dynadnn.space import load_space
 
 W12 = load_space("ofa_mbv3_w1.2")
@@ -92,3 +93,21 @@ def test_polish_keeps_picks_within_budget_and_never_loses_accuracy(predictors):
         row, acc = pol.best_within("jetson_cpu", b)
         assert pol.latency[row, pol.contexts.index("jetson_cpu")] <= b
         assert acc >= base.best_within("jetson_cpu", b)[1] - 1e-9
+
+
+def test_niche_phase_predicts_only_fresh_children_that_meet_a_budget(predictors):
+    p = problem(predictors)
+    rng = np.random.default_rng(0)
+    init = p.coding.canonical(p.coding.random(rng, 300))
+    acc, lat = p.evaluate(init)
+    niches = [(0, 22.0), (1, 1400.0)]  # (context column, budget)
+    cfg = NSGA2Search(refine_generations=6, refine_children=20)
+    before = p.evaluations
+    genes, a, l = _niche_evolution(p, init, acc, lat, niches, cfg, rng)
+    kids = genes[len(init):]
+    assert 0 < len(kids) == p.evaluations - before <= 6 * 2 * 20  # at most refine_children per niche and generation
+    assert np.all((l[len(init):, 0] <= 22.0) | (l[len(init):, 1] <= 1400.0))  # screened on latency first
+    assert len(np.unique(np.concatenate([init, kids]), axis=0)) == len(genes)  # nothing predicted twice
+    np.testing.assert_allclose(a[len(init):], p.evaluate(kids)[0])  # the surrogate only ranks; stored = predictor
+    for c, b in niches:  # each niche's best can only improve
+        assert a[l[:, c] <= b].max() >= acc[lat[:, c] <= b].max()
