@@ -101,6 +101,29 @@ class RefusingPlatform(LocalPlatform):
     def set_affinity(self, cpus):
         raise PermissionError("affinity refused (simulated)")
 
+    def lock_memory(self):
+        raise OSError(12, "mlockall refused (simulated)")
+
+
+class CountingPlatform(LocalPlatform):
+    locks = unlocks = 0
+
+    def lock_memory(self):
+        self.locks += 1
+
+    def unlock_memory(self):
+        self.unlocks += 1
+
+
+def test_memory_is_locked_while_serving_and_a_refusal_is_logged(source):
+    plat = CountingPlatform()
+    with make(source, policy="static", platform=plat, lock_memory=True) as mgr:
+        assert mgr.memory_locked and plat.locks == 1
+    assert plat.unlocks == 1  # close() gives the pages back
+    with make(source, policy="static", platform=RefusingPlatform(), lock_memory=True) as mgr:
+        assert not mgr.memory_locked and mgr.predict(X).shape == (1, 10)
+        assert any(e["kind"] == "actuator_failed" and e.get("knob") == "lock_memory" for e in mgr.events)
+
 
 def test_an_actuator_that_raises_is_logged_and_serving_goes_on(source):
     with make(source, policy="static", platform=RefusingPlatform(), pin_affinity=True) as mgr:

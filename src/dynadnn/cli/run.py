@@ -40,6 +40,10 @@ def register(subparsers) -> None:
     p.add_argument("--calib-images", type=int, default=1000,
                    help="training images for each hand-picked member's BN calibration (checkpoint families only)")
     p.add_argument("--calibrate-s", type=float, default=3.0, help="seconds per distinct load when calibrating")
+    p.add_argument("--lock-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the process's pages resident (mlockall), as real-time serving does: a kernel that "
+                        "reclaims cold pages otherwise stalls some frames by 50-700 us; refused -> logged, served "
+                        "unlocked")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=run)
 
@@ -90,6 +94,7 @@ def run(args) -> int:
     if args.calib_images < 1:
         raise UserError(f"--calib-images must be >= 1, got {args.calib_images}")
     st = setup(args.family, args.dataset, targets, _ints(args.threads, "threads"), backends, args.members, say,
+               lock_memory=args.lock_memory,
                calib_images=args.calib_images)
     try:
         calibration = None

@@ -46,7 +46,7 @@ class RuntimeManager:
                  threads: Sequence[int] | None = None, backends: Sequence[str] = BACKENDS,
                  platform: LocalPlatform | None = None, system_period_s: float = 0.1,
                  system_reader: Callable | None = None, profile_frames: int = 40, pin_affinity: bool = False,
-                 record: bool = True, progress: Callable[[str], None] | None = None):
+                 lock_memory: bool = False, record: bool = True, progress: Callable[[str], None] | None = None):
         for b in backends:
             if b not in BACKENDS:
                 raise UserError(f"backend '{b}': expected one of {', '.join(BACKENDS)}")
@@ -54,6 +54,7 @@ class RuntimeManager:
         self.platform = platform or LocalPlatform()
         self.threads = tuple(sorted(set(threads))) if threads else tuple(range(1, min(cpu_count(), 4) + 1))
         self.pin_affinity = pin_affinity
+        self.memory_locked = False
         self._targets = (targets or Targets()).validate()
         self._events: list[dict[str, Any]] = []
         self.t0 = clock()
@@ -85,6 +86,12 @@ class RuntimeManager:
         self.serving.set_targets(self._targets)
         self._sync_knobs()
         self.predict = self.serving.predict  # callers reach the serving path directly (no Python frame)
+        if lock_memory:  # after the members are resident: their pages are the ones to keep
+            try:
+                self.platform.lock_memory()
+                self.memory_locked = True
+            except OSError as exc:  # an actuator refused: serve anyway, unlocked
+                self._log("actuator_failed", knob="lock_memory", error=str(exc))
         self.system.start()
         self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
         self.current = self.policy.reset(self.options, self._targets)
@@ -231,6 +238,8 @@ class RuntimeManager:
                 close()
         if self.pin_affinity:
             self.platform.restore_affinity()
+        if self.memory_locked:
+            self.platform.unlock_memory()
         torch.set_num_threads(self._torch_threads_before)
         self._log("closed")
 
