@@ -126,8 +126,8 @@ class RuntimeManager:
     @property
     def events(self) -> list[dict[str, Any]]:
         """Every decision and fault in time order: the manager's own log plus the serving path's switches."""
-        switches = [{"t": t, "kind": "switch", "frm": self.labels[a], "to": self.labels[b], "latency_ms": lat,
-                     "policy": self.policy.name} for t, a, b, lat in self.serving.switches()]
+        switches = [{"t": t, "kind": "switch", "frm": self.labels[a], "to": self.labels[b], "latency_ms": lat}
+                    for t, a, b, lat in self.serving.switches()]  # (which policy: the last "policy" event before)
         return sorted(self._events + switches, key=lambda e: e["t"])
 
     def _sync_knobs(self) -> None:
