@@ -116,9 +116,10 @@ def test_serving_path_runs_measures_decides_and_records(impl):
         return runners[0](x), 0
 
     runners = [runner(k) for k in range(3)]
-    system = type("System", (), {"sample": SystemSample(0.5, 2, 0.0, ok=True)})()
-    s = impl(runners, [1.0, 2.0, 3.0], system, on_switch, on_error)
+    sample = SystemSample(0.5, 2, 0.0, ok=True)
+    s = impl(runners, [1.0, 2.0, 3.0], on_switch, on_error)
     s.set_targets(Targets(deadline_ms=50.0, fps=100.0))
+    s.set_sample(sample)
     mon, pol = (NativeLatencyMonitor(), ScriptedPolicy([0, 1, 1, 1, 2]))
     s.set_policy(pol, mon)
     s.set_knobs([False, True, False])            # only a switch to option 1 has knobs to turn
@@ -131,7 +132,7 @@ def test_serving_path_runs_measures_decides_and_records(impl):
     assert s.predict("d") == (9, "d") and s.current == 2 and switched == [1]  # 2 has no knobs: no call
     assert [(a, b) for _, a, b, _ in s.switches()] == [(0, 1), (1, 2)]
     assert [o for o, _, _ in pol.seen] == [0, 0, 0, 1, 1]  # told the option that actually ran
-    assert all(dl == 50.0 and sys is system.sample for _, dl, sys in pol.seen)
+    assert all(dl == 50.0 and sys is sample for _, dl, sys in pol.seen)
     r = s.records()
     assert len(r) == 5 and list(r.option) == [0, 0, 0, 1, 1] and set(r.deadline_ms) == {10.0}
     assert all(v > 0 for v in r.decision_us) and list(r.t) == sorted(r.t) and mon.n == 5
@@ -141,7 +142,7 @@ def test_serving_path_runs_measures_decides_and_records(impl):
     def refuse(x, idx, exc):
         raise ValueError("no safe option")
 
-    s2 = impl([runner(1)], [1.0], system, on_switch, refuse)
+    s2 = impl([runner(1)], [1.0], on_switch, refuse)
     s2.set_targets(Targets())
     s2.set_policy(ScriptedPolicy([0]), NativeLatencyMonitor())
     with pytest.raises(ValueError, match="no safe option"):

@@ -72,10 +72,9 @@ static int monitor_init(MonitorObject *m, PyObject *args, PyObject *kw) {
         return -1;
     }
     PyMem_Free(m->lat);
-    PyMem_Free(m->miss);
-    m->lat = PyMem_Calloc(size, sizeof(double));
-    m->miss = PyMem_Calloc(size, 1);
-    if (!m->lat || !m->miss) {
+    m->lat = PyMem_Calloc(1, (size_t)size * (sizeof(double) + 1)); /* one block: latencies, then miss flags */
+    m->miss = m->lat ? (unsigned char *)(m->lat + size) : NULL;
+    if (!m->lat) {
         PyErr_NoMemory();
         return -1;
     }
@@ -90,7 +89,6 @@ static int monitor_init(MonitorObject *m, PyObject *args, PyObject *kw) {
 
 static void monitor_dealloc(MonitorObject *m) {
     PyMem_Free(m->lat);
-    PyMem_Free(m->miss);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
@@ -205,18 +203,25 @@ typedef struct {
     double hold_p, hold_until, deadline, budget, up_budget, p50_cur;
     double better_min[MAX_CTX];
     unsigned char has_better[MAX_CTX];
+    /* what the last system sample said (samples are immutable: read each one once) */
+    PyObject *sample_seen;
+    int sample_known;
+    double sample_free;
+    void *block; /* every array above lives in this one allocation: few pages to touch per frame */
 } CoreObject;
 
 static PyTypeObject CoreType;
 
 static int prepare(CoreObject *s, PyObject *targets) {
     if (targets != s->tg) { /* Targets are frozen: the same object has the same deadline */
+        Py_INCREF(targets); /* first: the call below runs Python, and another thread may drop the caller's */
         PyObject *d = PyObject_CallMethodNoArgs(targets, str_effective);
-        if (!d) return -1;
-        double deadline = PyFloat_AsDouble(d);
-        Py_DECREF(d);
-        if (deadline == -1.0 && PyErr_Occurred()) return -1;
-        Py_INCREF(targets);
+        double deadline = d ? PyFloat_AsDouble(d) : -1.0;
+        Py_XDECREF(d);
+        if (deadline == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(targets);
+            return -1;
+        }
         Py_XSETREF(s->tg, targets);
         s->deadline = deadline;
     }
@@ -256,31 +261,37 @@ static void own(CoreObject *s, int c, double *m, double *e) {
 static double penalty(CoreObject *s, int c, PyObject *system) {
     int th = s->ctx_threads[c];
     if (th <= 1) return 1.0;
-    int known = 0;
-    double free = 0.0;
-    if (system != Py_None) {
-        PyObject *ok = PyObject_GetAttr(system, str_ok);
-        if (!ok) return -1.0;
-        int truth = PyObject_IsTrue(ok);
-        Py_DECREF(ok);
-        if (truth < 0) return -1.0;
-        if (truth) {
-            PyObject *nc = PyObject_GetAttr(system, str_n_cpus);
-            if (!nc) return -1.0;
-            PyObject *ob = PyObject_GetAttr(system, str_others_busy);
-            if (!ob) {
+    if (system != s->sample_seen) {
+        int known = 0;
+        double free = 0.0;
+        if (system != Py_None) {
+            PyObject *ok = PyObject_GetAttr(system, str_ok);
+            if (!ok) return -1.0;
+            int truth = PyObject_IsTrue(ok);
+            Py_DECREF(ok);
+            if (truth < 0) return -1.0;
+            if (truth) {
+                PyObject *nc = PyObject_GetAttr(system, str_n_cpus);
+                if (!nc) return -1.0;
+                PyObject *ob = PyObject_GetAttr(system, str_others_busy);
+                if (!ob) {
+                    Py_DECREF(nc);
+                    return -1.0;
+                }
+                double a = PyFloat_AsDouble(nc), b = PyFloat_AsDouble(ob);
                 Py_DECREF(nc);
-                return -1.0;
+                Py_DECREF(ob);
+                if (PyErr_Occurred()) return -1.0;
+                free = a - b;
+                known = 1;
             }
-            double a = PyFloat_AsDouble(nc), b = PyFloat_AsDouble(ob);
-            Py_DECREF(nc);
-            Py_DECREF(ob);
-            if (PyErr_Occurred()) return -1.0;
-            free = a - b;
-            known = 1;
         }
+        Py_INCREF(system);
+        Py_XSETREF(s->sample_seen, system);
+        s->sample_known = known;
+        s->sample_free = free;
     }
-    return (!known || th > free + 0.25) ? s->sync_penalty : 1.0;
+    return (!s->sample_known || th > s->sample_free + 0.25) ? s->sync_penalty : 1.0;
 }
 
 static int models(CoreObject *s, double t, PyObject *system, double *m, double *e, double *f) {
@@ -502,20 +513,36 @@ static int read_doubles(PyObject *seq, int n, double *out, const char *what) {
 }
 
 static void core_free_arrays(CoreObject *s) {
-    PyMem_Free(s->p50);
-    PyMem_Free(s->inv_p50);
-    PyMem_Free(s->p50_by_rank);
-    PyMem_Free(s->ctx_of);
-    PyMem_Free(s->order);
-    PyMem_Free(s->rank);
-    PyMem_Free(s->ctx_by_rank);
+    PyMem_Free(s->block);
+    s->block = NULL;
     s->p50 = s->inv_p50 = s->p50_by_rank = NULL;
     s->ctx_of = s->order = s->rank = s->ctx_by_rank = NULL;
-    for (int c = 0; c < MAX_CTX; c++) {
-        PyMem_Free(s->win[c].values);
-        PyMem_Free(s->win[c].ordered);
-        s->win[c].values = s->win[c].ordered = NULL;
+    for (int c = 0; c < MAX_CTX; c++) s->win[c].values = s->win[c].ordered = NULL;
+}
+
+static int core_alloc_arrays(CoreObject *s, int n, int n_ctx, int wsize) {
+    size_t doubles = 3 * (size_t)n + 2 * (size_t)n_ctx * (size_t)wsize;
+    double *d = PyMem_Calloc(1, doubles * sizeof(double) + 4 * (size_t)n * sizeof(int));
+    if (!d) {
+        PyErr_NoMemory();
+        return -1;
     }
+    s->block = d;
+    s->p50 = d;
+    s->inv_p50 = d + n;
+    s->p50_by_rank = d + 2 * n;
+    double *w = d + 3 * n;
+    for (int c = 0; c < n_ctx; c++) {
+        s->win[c].values = w + (size_t)(2 * c) * wsize;
+        s->win[c].ordered = w + (size_t)(2 * c + 1) * wsize;
+        s->win[c].pos = s->win[c].count = 0;
+    }
+    int *i = (int *)(d + doubles);
+    s->ctx_of = i;
+    s->order = i + n;
+    s->rank = i + 2 * n;
+    s->ctx_by_rank = i + 3 * n;
+    return 0;
 }
 
 static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
@@ -539,26 +566,7 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
     s->n_opt = (int)n;
     s->n_ctx = (int)nc;
     s->wsize = wsize;
-    s->p50 = PyMem_Calloc(n, sizeof(double));
-    s->inv_p50 = PyMem_Calloc(n, sizeof(double));
-    s->p50_by_rank = PyMem_Calloc(n, sizeof(double));
-    s->ctx_of = PyMem_Calloc(n, sizeof(int));
-    s->order = PyMem_Calloc(n, sizeof(int));
-    s->rank = PyMem_Calloc(n, sizeof(int));
-    s->ctx_by_rank = PyMem_Calloc(n, sizeof(int));
-    for (int c = 0; c < s->n_ctx; c++) {
-        s->win[c].values = PyMem_Calloc(wsize, sizeof(double));
-        s->win[c].ordered = PyMem_Calloc(wsize, sizeof(double));
-        s->win[c].pos = s->win[c].count = 0;
-        if (!s->win[c].values || !s->win[c].ordered) {
-            PyErr_NoMemory();
-            return -1;
-        }
-    }
-    if (!s->p50 || !s->inv_p50 || !s->p50_by_rank || !s->ctx_of || !s->order || !s->rank || !s->ctx_by_rank) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (core_alloc_arrays(s, s->n_opt, s->n_ctx, wsize) < 0) return -1;
     if (read_doubles(p50, s->n_opt, s->p50, "p50") < 0 || read_ints(ctx_of, s->n_opt, s->ctx_of, "ctx_of") < 0 ||
         read_ints(ctx_threads, s->n_ctx, s->ctx_threads, "ctx_threads") < 0 ||
         read_ints(order, s->n_opt, s->order, "order") < 0 ||
@@ -603,6 +611,7 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
     }
     s->last_switch_t = -1e18;
     s->up_since = s->slack_since = NONE_T;
+    Py_CLEAR(s->sample_seen);
     s->probe_wait = probe_s;
     s->probing = 0;
     s->current = current;
@@ -611,11 +620,13 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
 
 static int core_traverse(CoreObject *s, visitproc visit, void *arg) {
     Py_VISIT(s->tg);
+    Py_VISIT(s->sample_seen);
     return 0;
 }
 
 static int core_clear(CoreObject *s) {
     Py_CLEAR(s->tg);
+    Py_CLEAR(s->sample_seen);
     return 0;
 }
 
@@ -681,7 +692,7 @@ static inline double cpu_s(void) { /* this thread's CPU time (time.thread_time):
 
 typedef struct {
     PyObject_HEAD
-    int n_opt, current, record;
+    int n_opt, current, record, record_cpu;
     double *p50;
     PyObject *runners;          /* list of callables, one per option (the manager's list) */
     PyObject *targets;          /* Targets, replaced whole */
@@ -689,7 +700,7 @@ typedef struct {
     MonitorObject *monitor;
     CoreObject *core;           /* the native feedback policy, or NULL */
     PyObject *policy_step;      /* a Python policy's bound step, when core is NULL */
-    PyObject *system;           /* SystemMonitor: its `.sample` goes to the policy */
+    PyObject *sample;           /* the system monitor's latest sample (pushed by set_sample) */
     PyObject *on_switch;        /* on_switch(option, latency_ms, t) -> the option actually applied */
     PyObject *on_error;         /* on_error(x, option, exc) -> (y, option that ran) */
     unsigned char *knobs;       /* per option: a switch to it needs on_switch (threads, affinity) */
@@ -749,23 +760,20 @@ static int records_grow(ServingObject *s) {
 }
 
 static PyObject *serving_predict(ServingObject *s, PyObject *x) {
-    /* with records on, the spans are also read in CPU time (two system calls each: the cost of measuring
-       is inside what is measured) */
-    double c0 = s->record ? cpu_s() : 0.0;
+    /* with record_cpu, the spans are also read in CPU time: a system call at each end, outside the wall
+       spans, but it leaves the caches colder for them (so it is off unless asked for) */
+    double c0 = s->record_cpu ? cpu_s() : 0.0;
     double t0 = now_s();
     int idx = s->current;
     if (idx >= PyList_GET_SIZE(s->runners)) {
         PyErr_SetString(PyExc_IndexError, "the current option has no runner");
         return NULL;
     }
-    /* own references: another thread may swap the targets or a runner while this one runs (GIL released) */
+    /* an own reference: another thread may replace the runner while it runs (GIL released) */
     PyObject *runner = PyList_GET_ITEM(s->runners, idx);
     Py_INCREF(runner);
-    PyObject *targets = s->targets;
-    Py_INCREF(targets);
-    double deadline = s->deadline;
     double t1 = now_s();
-    double c1 = s->record ? cpu_s() : 0.0;
+    double c1 = s->record_cpu ? cpu_s() : 0.0;
     PyObject *y = PyObject_CallOneArg(runner, x);
     Py_DECREF(runner);
     if (!y) { /* the Python side logs, falls back to the safe option and re-runs the frame */
@@ -777,57 +785,62 @@ static PyObject *serving_predict(ServingObject *s, PyObject *x) {
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(tb);
-        if (!res) goto fail;
+        if (!res) return NULL;
         if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
             Py_DECREF(res);
             PyErr_SetString(PyExc_TypeError, "on_error must return (output, option)");
-            goto fail;
+            return NULL;
         }
         y = PyTuple_GET_ITEM(res, 0);
         Py_INCREF(y);
         idx = (int)PyLong_AsLong(PyTuple_GET_ITEM(res, 1));
         Py_DECREF(res);
-        if (idx == -1 && PyErr_Occurred()) goto fail_y;
+        if (idx == -1 && PyErr_Occurred()) goto fail;
     }
-    double c2 = s->record ? cpu_s() : 0.0;
+    double c2 = s->record_cpu ? cpu_s() : 0.0;
     double t2 = now_s();
     double lat = (t2 - t1) * 1e3;
+    /* targets and sample as they are now (set from other threads while the runner ran); no Python code
+       runs before the native policy has used them, so borrowed references are safe there */
+    PyObject *targets = s->targets, *sample = s->sample;
+    double deadline = s->deadline;
     monitor_update(s->monitor, lat, s->p50[idx], deadline);
-    PyObject *sample = PyObject_GetAttr(s->system, str_sample);
-    if (!sample) goto fail_y;
     int nxt;
     if (s->core) {
         nxt = step(s->core, t2, lat, idx, targets, sample);
-    } else {
+    } else { /* a Python policy: own references, since its code may let other threads run */
+        Py_INCREF(targets);
+        Py_INCREF(sample);
         PyObject *args[5] = {PyFloat_FromDouble(t2), PyFloat_FromDouble(lat), PyLong_FromLong(idx), targets, sample};
         PyObject *r = NULL;
         if (args[0] && args[1] && args[2]) r = PyObject_Vectorcall(s->policy_step, args, 5, NULL);
         Py_XDECREF(args[0]);
         Py_XDECREF(args[1]);
         Py_XDECREF(args[2]);
+        Py_DECREF(targets);
+        Py_DECREF(sample);
         nxt = r ? (int)PyLong_AsLong(r) : -1;
         Py_XDECREF(r);
         if (nxt == -1 && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "policy.step returned -1");
     }
-    Py_DECREF(sample);
-    if (nxt < 0) goto fail_y;
+    if (nxt < 0) goto fail;
     if (nxt != s->current) {
         int before = s->current;
         long applied = nxt;
         if (s->knobs[nxt]) { /* threads or affinity to turn: the manager's Python does it */
             PyObject *r = PyObject_CallFunction(s->on_switch, "idd", nxt, lat, t2);
-            if (!r) goto fail_y;
+            if (!r) goto fail;
             applied = PyLong_AsLong(r);
             Py_DECREF(r);
-            if (applied == -1 && PyErr_Occurred()) goto fail_y;
+            if (applied == -1 && PyErr_Occurred()) goto fail;
         }
         s->current = (int)applied;
-        if (switch_log(s, t2, before, (int)applied, lat) < 0) goto fail_y;
+        if (switch_log(s, t2, before, (int)applied, lat) < 0) goto fail;
     }
     double t3 = now_s();
     if (s->record) {
-        double c3 = cpu_s();
-        if (s->len == s->cap && records_grow(s) < 0) goto fail_y;
+        double c3 = s->record_cpu ? cpu_s() : 0.0;
+        if (s->len == s->cap && records_grow(s) < 0) goto fail;
         Py_ssize_t k = s->len++;
         s->r_t[k] = t1;
         s->r_opt[k] = idx;
@@ -836,21 +849,18 @@ static PyObject *serving_predict(ServingObject *s, PyObject *x) {
         s->r_cpu[k] = ((c1 - c0) + (c3 - c2)) * 1e6;
         s->r_dl[k] = deadline;
     }
-    Py_DECREF(targets);
     return y;
-fail_y:
-    Py_DECREF(y);
 fail:
-    Py_DECREF(targets);
+    Py_DECREF(y);
     return NULL;
 }
 
 static int serving_init(ServingObject *s, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"runners", "p50", "system", "on_switch", "on_error", "record", NULL};
-    PyObject *runners, *p50, *system, *on_switch, *on_error;
-    int record = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|p", kwlist, &runners, &p50, &system, &on_switch, &on_error,
-                                     &record))
+    static char *kwlist[] = {"runners", "p50", "on_switch", "on_error", "record", "record_cpu", NULL};
+    PyObject *runners, *p50, *on_switch, *on_error;
+    int record = 1, record_cpu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|pp", kwlist, &runners, &p50, &on_switch, &on_error, &record,
+                                     &record_cpu))
         return -1;
     if (!PyList_Check(runners) || PyList_GET_SIZE(runners) < 1) {
         PyErr_SetString(PyExc_TypeError, "ServingCore: runners must be a non-empty list");
@@ -871,8 +881,9 @@ static int serving_init(ServingObject *s, PyObject *args, PyObject *kw) {
     s->n_opt = (int)n;
     s->current = 0;
     s->record = record;
-    Py_INCREF(system);
-    Py_XSETREF(s->system, system);
+    s->record_cpu = record && record_cpu;
+    Py_INCREF(Py_None);
+    Py_XSETREF(s->sample, Py_None);
     Py_INCREF(on_switch);
     Py_XSETREF(s->on_switch, on_switch);
     Py_INCREF(on_error);
@@ -889,6 +900,12 @@ static PyObject *serving_set_targets(ServingObject *s, PyObject *targets) {
     Py_INCREF(targets);
     s->deadline = deadline; /* predict reads the pair under the GIL: always consistent */
     Py_XSETREF(s->targets, targets);
+    Py_RETURN_NONE;
+}
+
+static PyObject *serving_set_sample(ServingObject *s, PyObject *sample) {
+    Py_INCREF(sample);
+    Py_XSETREF(s->sample, sample);
     Py_RETURN_NONE;
 }
 
@@ -980,7 +997,7 @@ static int serving_traverse(ServingObject *s, visitproc visit, void *arg) {
     Py_VISIT(s->monitor);
     Py_VISIT(s->core);
     Py_VISIT(s->policy_step);
-    Py_VISIT(s->system);
+    Py_VISIT(s->sample);
     Py_VISIT(s->on_switch);
     Py_VISIT(s->on_error);
     return 0;
@@ -992,7 +1009,7 @@ static int serving_clear(ServingObject *s) {
     Py_CLEAR(s->monitor);
     Py_CLEAR(s->core);
     Py_CLEAR(s->policy_step);
-    Py_CLEAR(s->system);
+    Py_CLEAR(s->sample);
     Py_CLEAR(s->on_switch);
     Py_CLEAR(s->on_error);
     return 0;
@@ -1032,12 +1049,17 @@ static int serving_set_current(ServingObject *s, PyObject *value, void *unused) 
 static PyMethodDef serving_methods[] = {
     {"predict", (PyCFunction)serving_predict, METH_O, "predict(x): run the current option, measure, decide"},
     {"set_targets", (PyCFunction)serving_set_targets, METH_O, "set_targets(targets)"},
+    {"set_sample", (PyCFunction)serving_set_sample, METH_O, "set_sample(sample): the system monitor's latest"},
     {"set_policy", (PyCFunction)(void (*)(void))serving_set_policy, METH_FASTCALL, "set_policy(policy, monitor)"},
     {"column", (PyCFunction)serving_column, METH_O, "the raw bytes of one record column"},
     {"set_knobs", (PyCFunction)serving_set_knobs, METH_O, "set_knobs(flags): per option, switches need on_switch"},
     {"switches", (PyCFunction)serving_switches, METH_NOARGS, "the switch log: [(t, from, to, latency_ms)]"},
     {"reset_records", (PyCFunction)serving_reset_records, METH_NOARGS, "drop the records"},
     {"count", (PyCFunction)serving_count, METH_NOARGS, "number of records"},
+    {NULL}};
+
+static PyMemberDef serving_members[] = {
+    {"record_cpu", T_INT, offsetof(ServingObject, record_cpu), READONLY, "the spans are also timed in CPU time"},
     {NULL}};
 
 static PyGetSetDef serving_getset[] = {
@@ -1055,6 +1077,7 @@ static PyTypeObject ServingType = {
     .tp_traverse = (traverseproc)serving_traverse,
     .tp_clear = (inquiry)serving_clear,
     .tp_methods = serving_methods,
+    .tp_members = serving_members,
     .tp_getset = serving_getset,
 };
 

@@ -30,14 +30,14 @@ class Setup:
 
 def setup(family: str, dataset: str, targets: Targets, threads: Sequence[int] | None = None,
           backends: Sequence[str] = ("torch", "ort"), members: int = 5, say: Callable[[str], None] = lambda m: None,
-          calib_images: int = 1000, lock_memory: bool = True) -> Setup:
+          calib_images: int = 1000, lock_memory: bool = True, record_cpu: bool = False) -> Setup:
     from ..data import load_dataset
 
     say(f"loading family {family}")
     source = load_family(family, dataset=dataset, k=members, calib_images=calib_images)
     say(f"{len(source.archs)} members, top-1 " + ", ".join(f"{t:.1f}" for t in source.top1))
     manager = RuntimeManager(source, "static", targets, threads=threads, backends=backends, progress=say,
-                             lock_memory=lock_memory)
+                             lock_memory=lock_memory, record_cpu=record_cpu)
     frames = Frames.from_dataset(load_dataset(source.dataset), [a.r for a in source.archs])
     return Setup(source, manager, frames)
 

@@ -46,7 +46,7 @@ class RuntimeManager:
                  threads: Sequence[int] | None = None, backends: Sequence[str] = BACKENDS,
                  platform: LocalPlatform | None = None, system_period_s: float = 0.1,
                  system_reader: Callable | None = None, profile_frames: int = 40, pin_affinity: bool = False,
-                 lock_memory: bool = False, record: bool = True, progress: Callable[[str], None] | None = None):
+                 lock_memory: bool = False, record: bool = True, record_cpu: bool = False, progress: Callable[[str], None] | None = None):
         for b in backends:
             if b not in BACKENDS:
                 raise UserError(f"backend '{b}': expected one of {', '.join(BACKENDS)}")
@@ -81,9 +81,11 @@ class RuntimeManager:
         self.system = SystemMonitor(period_s=system_period_s, n_cpus=self.platform.n_cpus,
                                     on_event=lambda kind, detail: self._log(kind, **detail),
                                     **({"reader": system_reader} if system_reader else {}))
-        self.serving = Serving(self.runners, [o.p50_ms for o in self.options], self.system, self._switched,
-                               self._recover, record=record)
+        self.serving = Serving(self.runners, [o.p50_ms for o in self.options], self._switched, self._recover,
+                               record=record, record_cpu=record_cpu)
         self.serving.set_targets(self._targets)
+        self.serving.set_sample(self.system.sample)
+        self.system.on_sample = self.serving.set_sample
         self._sync_knobs()
         self.predict = self.serving.predict  # callers reach the serving path directly (no Python frame)
         if lock_memory:  # after the members are resident: their pages are the ones to keep

@@ -175,6 +175,7 @@ class SystemMonitor:
         self.n_cpus = n_cpus or cpu_count()
         self.on_event = on_event or (lambda kind, detail: None)
         self.sample: SystemSample = NO_SYSTEM
+        self.on_sample: Callable[[SystemSample], None] | None = None  # e.g. the serving path's set_sample
         self.failures = 0
         self.history: list[tuple[float, float, float]] = []  # (t, busy cpus, others' busy cpus)
         self._stop = threading.Event()
@@ -205,18 +206,23 @@ class SystemMonitor:
                 self._failing = True
                 self.on_event("monitor_failed", {"monitor": "system", "error": f"{type(exc).__name__}: {exc}"})
             old = self.sample
-            self.sample = SystemSample(old.others_busy, self.n_cpus, old.t, ok=False)
+            self._publish(SystemSample(old.others_busy, self.n_cpus, old.t, ok=False))
             return self.sample
         if self._failing:
             self._failing = False
             self.on_event("monitor_recovered", {"monitor": "system", "failures": self.failures})
         if self._last is not None:
             busy, others = cpu_load_between(self._last, now, self.n_cpus)
-            self.sample = SystemSample(others_busy=others, n_cpus=self.n_cpus, t=now.wall, ok=True)
+            self._publish(SystemSample(others_busy=others, n_cpus=self.n_cpus, t=now.wall, ok=True))
             if len(self.history) < 100_000:
                 self.history.append((now.wall, busy, others))
         self._last = now
         return self.sample
+
+    def _publish(self, sample: SystemSample) -> None:
+        self.sample = sample
+        if self.on_sample is not None:
+            self.on_sample(sample)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -7,8 +7,8 @@ Why a module of its own: this is the only code that runs at every inference, so 
 caches are cold and each interpreted line costs about a microsecond, which alone breaks the manager's
 20 us budget per inference (measured: see BENCHMARKS.md, "decision path"). Both have one interface:
 
-    s = Serving(runners, p50s, system_monitor, on_switch, on_error, record=True)
-    s.set_targets(targets); s.set_policy(policy, monitor); s.set_knobs(flags); s.current = k
+    s = Serving(runners, p50s, on_switch, on_error, record=True)
+    s.set_targets(targets); s.set_sample(sample); s.set_policy(policy, monitor); s.set_knobs(flags); s.current = k
     y = s.predict(x)
     s.records()  /  s.reset_records()  /  s.switches()
 
@@ -16,16 +16,16 @@ A switch is logged here, not by the manager; `on_switch(option, latency_ms, t)` 
 flagged by `set_knobs` (torch threads or CPU affinity to turn), and returns the option actually applied.
 
 The manager's own time per frame is recorded as `decision_us`: the span before the runner (picking it)
-plus the span after it (monitor, policy, knobs), in wall time; `decision_cpu_us` is the same spans in
-the serving thread's CPU time, which leaves out the moments the OS or the hypervisor took the CPU away
-(on this VM those land in ~1-2 % of frames and last 50-700 us, whatever runs in the span).
+plus the span after it (monitor, policy, knobs), in wall time. With `record_cpu`, `decision_cpu_us` is
+the same spans in the serving thread's CPU time (a cross-check; the system calls that read it leave the
+caches colder for the wall spans, so it is off by default and the column is then zeros).
 """
 
 from __future__ import annotations
 
 import time
 from array import array
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence  # noqa: F401
 
 clock = time.perf_counter  # CLOCK_MONOTONIC, as `now_s` in _native.c
 cpu_clock = time.thread_time  # CLOCK_THREAD_CPUTIME_ID, as `cpu_s`
@@ -50,12 +50,14 @@ class Records:
 class PyServing:
     """The reference serving path (see the module docstring)."""
 
-    def __init__(self, runners: list[Callable], p50: Sequence[float], system: Any,
+    def __init__(self, runners: list[Callable], p50: Sequence[float],
                  on_switch: Callable[[int, float, float], int], on_error: Callable[[Any, int, Exception], tuple],
-                 record: bool = True):
+                 record: bool = True, record_cpu: bool = False):
         self.runners = runners  # the manager's list: replacing a runner there takes effect here
         self.p50 = [float(v) for v in p50]
-        self.system, self.on_switch, self.on_error, self.record = system, on_switch, on_error, record
+        self.on_switch, self.on_error, self.record = on_switch, on_error, record
+        self.sample = None
+        self.record_cpu = record and record_cpu
         self.current = 0
         self.knobs = [False] * len(self.p50)
         self._switches: list[tuple[float, int, int, float]] = []
@@ -69,33 +71,37 @@ class PyServing:
     def set_targets(self, targets) -> None:
         self._now = (targets, targets.effective_deadline_ms())  # one reference: swapped whole
 
+    def set_sample(self, sample) -> None:
+        """The system monitor pushes each new sample (so a frame reads one reference, not an attribute chain)."""
+        self.sample = sample
+
     def set_policy(self, policy, monitor) -> None:
         self.step, self.monitor = policy.step, monitor
 
     def predict(self, x):
-        c0 = cpu_clock() if self.record else 0.0
+        c0 = cpu_clock() if self.record_cpu else 0.0
         t0 = clock()
         idx = self.current
         runner = self.runners[idx]
-        targets, deadline = self._now
         t1 = clock()
-        c1 = cpu_clock() if self.record else 0.0
+        c1 = cpu_clock() if self.record_cpu else 0.0
         try:
             y = runner(x)
         except Exception as exc:  # noqa: BLE001 - the manager logs it and re-runs the frame on the safe option
             y, idx = self.on_error(x, idx, exc)
-        c2 = cpu_clock() if self.record else 0.0
+        c2 = cpu_clock() if self.record_cpu else 0.0
         t2 = clock()
         lat = (t2 - t1) * 1e3
+        targets, deadline = self._now  # as set while the runner ran
         self.monitor.update(lat, self.p50[idx], deadline)
-        nxt = self.step(t2, lat, idx, targets, self.system.sample)
+        nxt = self.step(t2, lat, idx, targets, self.sample)
         if nxt != self.current:
             before = self.current
             self.current = self.on_switch(nxt, lat, t2) if self.knobs[nxt] else nxt
             self._switches.append((t2, before, self.current, lat))
         t3 = clock()
         if self.record:
-            c3 = cpu_clock()
+            c3 = cpu_clock() if self.record_cpu else 0.0
             r = self._records
             r.t.append(t1)
             r.option.append(idx)

@@ -38,7 +38,7 @@ class Trace:
             "latency_ms": [round(v, 4) for v in r.latency_ms[:n]],
             "deadline_ms": list(r.deadline_ms[:n]),
             "decision_us": [round(v, 2) for v in r.decision_us[:n]],
-            "decision_cpu_us": [round(v, 2) for v in r.decision_cpu_us[:n]],
+            **({"decision_cpu_us": [round(v, 2) for v in r.decision_cpu_us[:n]]} if manager.serving.record_cpu else {}),
             "correct": correct[:n],
         }
         events = []
@@ -70,13 +70,13 @@ class Trace:
         sw = int(np.count_nonzero(opt[1:] != opt[:-1])) if phase is None else \
             int(np.count_nonzero((opt[1:] != opt[:-1]) & sel[1:]))
         dec = self.column("decision_us")[sel]  # wall time of the manager's own spans (monitors + policy)
-        cpu = self.column("decision_cpu_us")[sel] if "decision_cpu_us" in self.frames else dec
+        cpu = self.column("decision_cpu_us")[sel] if "decision_cpu_us" in self.frames else None
         return {"frames": int(sel.sum()), "on_time": float(met.mean()), "mean_top1": float(self.top1_per_frame()[sel].mean()),
                 "p50_ms": float(np.percentile(lat[sel], 50)), "p95_ms": float(np.percentile(lat[sel], 95)),
                 "p99_ms": float(np.percentile(lat[sel], 99)), "switches": sw,
                 "accuracy_measured": float(np.mean(self.column("correct")[sel])) * 100.0,
                 "decision_p50_us": float(np.percentile(dec, 50)), "decision_p99_us": float(np.percentile(dec, 99)),
-                "decision_max_us": float(dec.max()), "decision_cpu_p99_us": float(np.percentile(cpu, 99))}
+                "decision_max_us": float(dec.max()), "decision_cpu_p99_us": None if cpu is None else float(np.percentile(cpu, 99))}
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "dynadnn.trace/1", "policy": self.policy, "fps": self.fps, "meta": self.meta,
