@@ -16,6 +16,7 @@ EWMA, one compare), the least any Python-level decision can do. If `floor` is co
 Python policy can meet it.
 
     .venv/bin/python benchmarks/decision.py            # ~1 min
+    .venv/bin/python benchmarks/decision.py --quick    # a few seconds (`make bench`)
     .venv/bin/python benchmarks/decision.py --steps 20000 --evict-mb 64
 
 Prints a table, then one JSON object (last line): per candidate and mode p50/p99 in us, and
@@ -100,9 +101,11 @@ def run(candidate: str, stream: list[float], evict: np.ndarray | None) -> list[f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2000, help="decisions per candidate and mode (default 2000)")
+    ap.add_argument("--quick", action="store_true", help="500 steps per candidate and mode (a few seconds)")
+    ap.add_argument("--steps", type=int, default=None, help="decisions per candidate and mode (default 2000)")
     ap.add_argument("--evict-mb", type=float, default=32.0, help="memory touched before each cold step (MB)")
     args = ap.parse_args()
+    args.steps = args.steps or (500 if args.quick else 2000)
     stream = latency_stream(args.steps)
     evict = np.zeros(int(args.evict_mb * 2 ** 20 / 8))
     gc.collect()
