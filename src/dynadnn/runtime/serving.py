@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from typing import Any, Callable, Sequence  # noqa: F401
+from typing import Any, Callable, Sequence
 
 clock = time.perf_counter  # CLOCK_MONOTONIC, as `now_s` in _native.c
 cpu_clock = time.thread_time  # CLOCK_THREAD_CPUTIME_ID, as `cpu_s`
