@@ -64,7 +64,7 @@ def main() -> None:
     t_start = time.perf_counter()
     family = args.family or default_family()
     duration = args.duration or (6.0 if args.quick else 24.0)
-    cal_s = 2.5 if args.quick else 8.0
+    cal_s = 2.5 if args.quick else 16.0  # per distinct load; 8 s sometimes saw a lucky heavy phase
     scenario = load_scenario(args.scenario)
     threads = [int(v) for v in args.threads.split(",")]
     say = lambda m: print(f"[{time.perf_counter() - t_start:5.1f}s] {m}", flush=True)  # noqa: E731
