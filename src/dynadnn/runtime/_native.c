@@ -442,6 +442,17 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
     return s->current;
 }
 
+/* an option index from Python, range-checked; -1 with an exception set otherwise */
+static int option_index(PyObject *value, int n_opt) {
+    long v = value ? PyLong_AsLong(value) : -1;
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (v < 0 || v >= n_opt) {
+        PyErr_Format(PyExc_IndexError, "option %ld out of range (0..%d)", v, n_opt - 1);
+        return -1;
+    }
+    return (int)v;
+}
+
 static PyObject *core_step(CoreObject *s, PyObject *const *args, Py_ssize_t nargs) {
     double t, lat;
     if (nargs < 4 || nargs > 5) {
@@ -449,67 +460,44 @@ static PyObject *core_step(CoreObject *s, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     if (!as_double(args[0], &t) || !as_double(args[1], &lat)) return NULL;
-    long option = PyLong_AsLong(args[2]);
-    if (option == -1 && PyErr_Occurred()) return NULL;
-    if (option < 0 || option >= s->n_opt) {
-        PyErr_Format(PyExc_IndexError, "option %ld out of range (0..%d)", option, s->n_opt - 1);
-        return NULL;
-    }
-    int r = step(s, t, lat, (int)option, args[3], nargs == 5 ? args[4] : Py_None);
+    int option = option_index(args[2], s->n_opt);
+    if (option < 0) return NULL;
+    int r = step(s, t, lat, option, args[3], nargs == 5 ? args[4] : Py_None);
     return r < 0 ? NULL : PyLong_FromLong(r);
 }
 
 static PyObject *core_force(CoreObject *s, PyObject *arg) {
-    long option = PyLong_AsLong(arg);
-    if (option == -1 && PyErr_Occurred()) return NULL;
-    if (option < 0 || option >= s->n_opt) {
-        PyErr_Format(PyExc_IndexError, "option %ld out of range (0..%d)", option, s->n_opt - 1);
-        return NULL;
-    }
-    s->current = (int)option;
+    int option = option_index(arg, s->n_opt);
+    if (option < 0) return NULL;
+    s->current = option;
     s->up_since = NONE_T;
     s->slack_since = NONE_T;
     if (prepare(s, s->tg) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
-static int read_ints(PyObject *seq, int n, int *out, const char *what) {
+/* n numbers from a Python sequence into `d` (floats) or `i` (ints), whichever is not NULL */
+static int read_numbers(PyObject *seq, int n, double *d, int *i, const char *what) {
     PyObject *fast = PySequence_Fast(seq, what);
     if (!fast) return -1;
-    if (PySequence_Fast_GET_SIZE(fast) != n) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %d values", what, n);
-        Py_DECREF(fast);
-        return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (v == -1 && PyErr_Occurred()) {
-            Py_DECREF(fast);
-            return -1;
-        }
-        out[i] = (int)v;
+    int ok = PySequence_Fast_GET_SIZE(fast) == n;
+    if (!ok) PyErr_Format(PyExc_ValueError, "%s: expected %d values", what, n);
+    for (int k = 0; ok && k < n; k++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, k);
+        if (d) d[k] = PyFloat_AsDouble(item);
+        else i[k] = (int)PyLong_AsLong(item);
+        ok = !PyErr_Occurred();
     }
     Py_DECREF(fast);
-    return 0;
+    return ok ? 0 : -1;
 }
 
 static int read_doubles(PyObject *seq, int n, double *out, const char *what) {
-    PyObject *fast = PySequence_Fast(seq, what);
-    if (!fast) return -1;
-    if (PySequence_Fast_GET_SIZE(fast) != n) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %d values", what, n);
-        Py_DECREF(fast);
-        return -1;
-    }
-    for (int i = 0; i < n; i++) {
-        out[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
-        if (out[i] == -1.0 && PyErr_Occurred()) {
-            Py_DECREF(fast);
-            return -1;
-        }
-    }
-    Py_DECREF(fast);
-    return 0;
+    return read_numbers(seq, n, out, NULL, what);
+}
+
+static int read_ints(PyObject *seq, int n, int *out, const char *what) {
+    return read_numbers(seq, n, NULL, out, what);
 }
 
 static void core_free_arrays(CoreObject *s) {
@@ -712,21 +700,24 @@ typedef struct {
     int *sw_from, *sw_to;
 } ServingObject;
 
+/* realloc *p to `bytes`; on failure *p is kept and MemoryError set */
+static int grow(void *p, size_t bytes) {
+    void **ptr = (void **)p;
+    void *q = PyMem_Realloc(*ptr, bytes);
+    if (!q) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *ptr = q;
+    return 0;
+}
+
 static int switch_log(ServingObject *s, double t, int from, int to, double lat) {
     if (s->n_sw == s->cap_sw) {
         Py_ssize_t cap = s->cap_sw ? 2 * s->cap_sw : 256;
-        double *a = PyMem_Realloc(s->sw_t, cap * sizeof(double));
-        if (a) s->sw_t = a;
-        double *b = PyMem_Realloc(s->sw_lat, cap * sizeof(double));
-        if (b) s->sw_lat = b;
-        int *c = PyMem_Realloc(s->sw_from, cap * sizeof(int));
-        if (c) s->sw_from = c;
-        int *d = PyMem_Realloc(s->sw_to, cap * sizeof(int));
-        if (d) s->sw_to = d;
-        if (!a || !b || !c || !d) {
-            PyErr_NoMemory();
+        if (grow(&s->sw_t, cap * sizeof(double)) < 0 || grow(&s->sw_lat, cap * sizeof(double)) < 0 ||
+            grow(&s->sw_from, cap * sizeof(int)) < 0 || grow(&s->sw_to, cap * sizeof(int)) < 0)
             return -1;
-        }
         s->cap_sw = cap;
     }
     Py_ssize_t k = s->n_sw++;
@@ -739,22 +730,10 @@ static int switch_log(ServingObject *s, double t, int from, int to, double lat) 
 
 static int records_grow(ServingObject *s) {
     Py_ssize_t cap = s->cap ? 2 * s->cap : 4096;
-    double *t = PyMem_Realloc(s->r_t, cap * sizeof(double));
-    if (t) s->r_t = t;
-    double *l = PyMem_Realloc(s->r_lat, cap * sizeof(double));
-    if (l) s->r_lat = l;
-    double *d = PyMem_Realloc(s->r_dec, cap * sizeof(double));
-    if (d) s->r_dec = d;
-    double *dl = PyMem_Realloc(s->r_dl, cap * sizeof(double));
-    if (dl) s->r_dl = dl;
-    double *cpu = PyMem_Realloc(s->r_cpu, cap * sizeof(double));
-    if (cpu) s->r_cpu = cpu;
-    int *o = PyMem_Realloc(s->r_opt, cap * sizeof(int));
-    if (o) s->r_opt = o;
-    if (!t || !l || !d || !dl || !o || !cpu) {
-        PyErr_NoMemory();
+    size_t nd = cap * sizeof(double);
+    if (grow(&s->r_t, nd) < 0 || grow(&s->r_lat, nd) < 0 || grow(&s->r_dec, nd) < 0 || grow(&s->r_dl, nd) < 0 ||
+        grow(&s->r_cpu, nd) < 0 || grow(&s->r_opt, cap * sizeof(int)) < 0)
         return -1;
-    }
     s->cap = cap;
     return 0;
 }
@@ -1036,13 +1015,9 @@ static void serving_dealloc(ServingObject *s) {
 static PyObject *serving_get_current(ServingObject *s, void *unused) { return PyLong_FromLong(s->current); }
 
 static int serving_set_current(ServingObject *s, PyObject *value, void *unused) {
-    long v = value ? PyLong_AsLong(value) : -1;
-    if (v == -1 && PyErr_Occurred()) return -1;
-    if (v < 0 || v >= s->n_opt) {
-        PyErr_Format(PyExc_IndexError, "option %ld out of range (0..%d)", v, s->n_opt - 1);
-        return -1;
-    }
-    s->current = (int)v;
+    int v = option_index(value, s->n_opt);
+    if (v < 0) return -1;
+    s->current = v;
     return 0;
 }
 

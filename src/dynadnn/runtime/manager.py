@@ -46,7 +46,8 @@ class RuntimeManager:
                  threads: Sequence[int] | None = None, backends: Sequence[str] = BACKENDS,
                  platform: LocalPlatform | None = None, system_period_s: float = 0.1,
                  system_reader: Callable | None = None, profile_frames: int = 40, pin_affinity: bool = False,
-                 lock_memory: bool = False, record: bool = True, record_cpu: bool = False, progress: Callable[[str], None] | None = None):
+                 lock_memory: bool = False, record: bool = True, record_cpu: bool = False,
+                 progress: Callable[[str], None] | None = None):
         for b in backends:
             if b not in BACKENDS:
                 raise UserError(f"backend '{b}': expected one of {', '.join(BACKENDS)}")

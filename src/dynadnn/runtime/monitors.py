@@ -154,7 +154,7 @@ try:
     from ._native import LatencyMonitorCore
 
     class NativeLatencyMonitor(LatencyMonitorCore, _LatencyViews):
-        """`PyLatencyMonitor` with `update` in C (a feedback policy can also update it inside its own step)."""
+        """`PyLatencyMonitor` with `update` in C (the native serving path calls it without Python)."""
 
         __slots__ = ()
 

@@ -76,7 +76,8 @@ class Trace:
                 "p99_ms": float(np.percentile(lat[sel], 99)), "switches": sw,
                 "accuracy_measured": float(np.mean(self.column("correct")[sel])) * 100.0,
                 "decision_p50_us": float(np.percentile(dec, 50)), "decision_p99_us": float(np.percentile(dec, 99)),
-                "decision_max_us": float(dec.max()), "decision_cpu_p99_us": None if cpu is None else float(np.percentile(cpu, 99))}
+                "decision_max_us": float(dec.max()),
+                "decision_cpu_p99_us": None if cpu is None else float(np.percentile(cpu, 99))}
 
     def to_json(self) -> dict[str, Any]:
         return {"format": "dynadnn.trace/1", "policy": self.policy, "fps": self.fps, "meta": self.meta,

@@ -241,7 +241,8 @@ class FeedbackPolicy(Policy):
         self._prepare(self._tg)
 
     def describe(self) -> dict:
-        return {"policy": self.name, "implementation": self.implementation, "margin": self.margin, "up_hysteresis": self.up_hysteresis,
+        return {"policy": self.name, "implementation": self.implementation, "margin": self.margin,
+                "up_hysteresis": self.up_hysteresis,
                 "dwell_s": self.dwell_s, "probe_s": self.probe_s, "model": "p95 = p50 x median ratio + tail excess"}
 
 
