@@ -106,3 +106,30 @@ def test_gene_onehot_equals_space_encoding():
         g = coding.random(np.random.default_rng(0), 200)
         assert (coding.onehot(g) == space.encode_many(coding.decode(g))).all()
         assert (coding.encode(coding.decode(g)) == g).all()
+
+
+def test_speed_normalised_medians_take_out_a_common_slow_spell():
+    """Runs of 20 callables, round-robin, on a machine whose speed changes every 25 runs (a level drawn from
+    0.75-1.3) plus 2 % noise per run: the normalised medians keep the callables' true ratios far better than
+    plain medians (measured: 2-6x closer over 8 seeds)."""
+    from dynadnn.predict.profiling import speed_normalised_medians
+
+    rng = np.random.default_rng(0)
+    n, rounds = 20, 40
+    true = np.linspace(1.0, 1.3, n)
+    who = np.tile(np.arange(n), rounds)
+    speed = np.repeat(rng.uniform(0.75, 1.3, len(who) // 25 + 1), 25)[: len(who)]
+    seq = true[who] * speed * np.exp(rng.normal(0, 0.02, len(who)))
+    plain = np.array([np.median(seq[who == i]) for i in range(n)])
+    norm = speed_normalised_medians(who, seq, n, window=10)
+
+    def spread(est):  # error in the ratios, scale taken out
+        r = np.log(est / true)
+        return float(np.std(r - r.mean()))
+
+    assert spread(norm) < 0.5 * spread(plain)
+    assert spread(norm) < 0.008
+    # too few callables to read a speed from: the plain medians
+    two = np.tile([0, 1], 30)
+    seq2 = rng.random(60) + 1
+    assert np.allclose(speed_normalised_medians(two, seq2, 2, 10), [np.median(seq2[0::2]), np.median(seq2[1::2])])

@@ -23,10 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (contexts cpu:<N>t); default 1,2")
     p.add_argument("--cuda", choices=("auto", "yes", "no"), default="auto", help="also profile context 'cuda' (default: when present)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--runs", type=int, default=100, help="timed runs per layer (default 100)")
+    p.add_argument("--runs", type=int, default=300, help="timed runs per layer (default 300)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer (default 10)")
     p.add_argument("--members", type=int, default=100, help="random whole members to time for the correction (default 100)")
-    p.add_argument("--member-runs", type=int, default=30, help="timed runs per member (default 30)")
+    p.add_argument("--member-runs", type=int, default=150,
+                   help="timed runs per member (default 150: on a shared VM a member's runs spread +-25 %%, so ranking members that differ by a few %% takes many)")
     p.add_argument("--resolutions", help="comma-separated resolutions (default: all of the preset)")
     p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
     p.set_defaults(func=run)
@@ -86,6 +87,16 @@ def profile_device(net, contexts: list[str], out: Path, resolutions: list[int] |
     return reports
 
 
+def hold_pages() -> None:
+    """mlockall for the timing: this VM's page reclaim (DAMON pageout) otherwise stalls some runs; best effort."""
+    from ..platform.local import LocalPlatform
+
+    try:
+        LocalPlatform().lock_memory()
+    except OSError as exc:
+        print(f"note: timing with pageable memory ({exc})")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..supernet.checkpoint import load_checkpoint
 
@@ -95,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--members: need at least 10 members to fit and check a correction")
     net, _ = load_checkpoint(args.checkpoint, args.preset)
     contexts = local_contexts(threads, args.cuda)
+    hold_pages()
     out = Path(args.out)
     reports = profile_device(net, contexts, out, res, args.runs, args.warmup, args.members, args.member_runs,
                              str(args.checkpoint))
