@@ -323,3 +323,16 @@ def test_make_divisible_matches_ofa():
     space = load_space("ofa_mbv3_w1.2")
     assert [space.middle_width(32, e) for e in (3, 4, 6)] == [96, 128, 192]
     assert space.middle_width(136, 3) == 408 and space.se_width(408) == 104
+
+
+def test_sample_sized_spans_the_space_wider_than_uniform_sampling():
+    space = load_space("ofa_mbv3_w1.2")
+    rng = random.Random(0)
+    assert space.sample_sized(rng, level=0.0) == space.min_arch()
+    assert space.sample_sized(rng, level=1.0) == space.max_arch()
+    for _ in range(50):
+        space.validate(space.sample_sized(rng))
+    sized = [sum(space.sample_sized(rng).d) for _ in range(2000)]
+    uniform = [sum(space.sample(rng).d) for _ in range(2000)]
+    assert np.std(sized) > 1.3 * np.std(uniform)
+    assert abs(np.mean(sized) - np.mean(uniform)) < 0.2  # same centre: level 0.5 is uniform per choice
