@@ -167,7 +167,9 @@ def test_stored_stats_give_identical_outputs_in_place_extracted_and_loaded(tiny)
     assert (inplace - shared).abs().max() > 0.1  # the statistics matter ...
     assert torch.equal(inplace, extracted)  # ... and every path applies them the same way
     assert torch.equal(folded, fused)
-    torch.testing.assert_close(folded, inplace, rtol=1e-4, atol=1e-4)
+    # folding BN into the weights reorders float operations; outputs here reach ~13, and on some CPUs (seen:
+    # this session's VM) one of 30 logits then differs by 2e-4 relative
+    torch.testing.assert_close(folded, inplace, rtol=1e-3, atol=1e-4)
 
     net.load_bn_stats(stats)  # OFA's way: write them into the shared buffers
     with torch.no_grad():
