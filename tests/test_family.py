@@ -119,3 +119,13 @@ def test_profile_and_search_cli_build_a_measured_family(net, tmp_path):
     summary = json.loads((tmp_path / "fam" / "search.json").read_text())
     assert summary["candidates"] >= 3 and summary["members"] == len(fam.members)
     assert summary["candidates"] == len(fam.members) + summary["dropped"] + summary["thinned"]
+
+
+@pytest.mark.parametrize("flag, value, named", [("--eval-images", "0", "--eval-images"),
+                                                ("--samples", "3", "--samples")])
+def test_search_cli_refuses_bad_measurement_sizes_before_any_work(net, tmp_path, capsys, flag, value, named):
+    ckpt = save_checkpoint(net, tmp_path / "tiny.safetensors", {"dataset": "digits"})
+    assert main(["search", str(ckpt), "--contexts", "cpu:1t", flag, value, "--out", str(tmp_path / "fam")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynadnn: error:") and named in err and "\n" not in err
+    assert not (tmp_path / "fam").exists()

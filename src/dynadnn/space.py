@@ -270,7 +270,7 @@ class SearchSpace:
             ordered = sorted(choices)
             n = len(ordered)
             weights = [u ** j * (1 - u) ** (n - 1 - j) for j in range(n)]
-            return ordered[rng.choices(range(n), weights=weights)[0]] if sum(weights) > 0 else ordered[0]
+            return ordered[rng.choices(range(n), weights=weights)[0]]  # 0 ** 0 == 1: u = 0 or 1 is well defined
 
         return Arch(tuple(pick(self.ks_choices) for _ in range(self.n_blocks)),
                     tuple(pick(self.e_choices) for _ in range(self.n_blocks)),

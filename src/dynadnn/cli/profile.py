@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile", help="time every layer of a space on this device and write latency tables",
         description="Time each distinct layer of the checkpoint's search space at batch 1 (warm-up, then the "
-                    "median of many runs) for every resolution and thread count, and on CUDA when present. "
+                    "median of many runs, all layers round-robin, each run divided by the machine's speed of "
+                    "the moment) for every resolution and thread count, and on CUDA when present. "
                     "Then time random whole members, fit a per-context correction for what a per-layer sum "
                     "misses (dispatch overhead between layers), and report MAPE and Kendall tau of raw and "
                     "corrected predictions on held-out members. Tables are written in Dynamic-OFA's format: "
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer (default 10)")
     p.add_argument("--members", type=int, default=100, help="random whole members to time for the correction (default 100)")
     p.add_argument("--member-runs", type=int, default=150,
-                   help="timed runs per member (default 150: on a shared VM a member's runs spread +-25 %%, so ranking members that differ by a few %% takes many)")
+                   help="timed runs per member (default 150: on a shared VM a member's runs spread +-25 %%, "
+                        "so ranking members that differ by a few %% takes many)")
     p.add_argument("--resolutions", help="comma-separated resolutions (default: all of the preset)")
     p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
     p.set_defaults(func=run)

@@ -2,8 +2,9 @@
 
 Each distinct layer of a space (per resolution) is built from standard modules shaped like the layers of
 an extracted, BN-folded static member (`StaticNet.fuse()`: biased convolutions, activations, SE, the
-residual add) and timed at batch 1: warm-up, then the median of many runs. Whole random members are timed
-the same way; a per-context `Correction` (linear in the LUT sum and the number of blocks) is fitted on
+residual add) and timed at batch 1: warm-up, then the median of many runs, every layer of every resolution
+round-robin and each run divided by the machine's speed of the moment (`time_interleaved`). Whole random
+members are timed the same way; a per-context `Correction` (linear in the LUT sum and the number of blocks) is fitted on
 half of them and judged on the other half (MAPE and Kendall tau, raw and corrected), then refitted on all.
 """
 
