@@ -100,7 +100,7 @@ def hold_pages() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..supernet.checkpoint import load_checkpoint
+    from ..supernet.checkpoint import atomic_write, load_checkpoint
 
     threads = parse_int_list(args.threads, "--threads")
     res = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     reports = profile_device(net, contexts, out, res, args.runs, args.warmup, args.members, args.member_runs,
                              str(args.checkpoint))
     summary = {"preset": net.space.name, "contexts": contexts, "reports": reports}
-    (out / "profile.json").write_text(json.dumps(summary, indent=1))
+    text = json.dumps(summary, indent=1)
+    atomic_write(out / "profile.json", lambda p: Path(p).write_text(text))
     print(f"{'context':8s} {'members':>7s} {'MAPE raw':>9s} {'MAPE corr':>9s} {'tau raw':>8s} {'tau corr':>8s} {'range ms':>14s}")
     for ctx, r in reports.items():
         print(f"{ctx:8s} {r['members']:7d} {r['mape_raw']:8.1f}% {r['mape_corrected']:8.1f}% {r['tau_raw']:8.3f} "

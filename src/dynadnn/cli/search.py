@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from ..predict.latency import load_tables
     from ..predict.profiling import context_device
     from ..search import NSGA2Search, SearchProblem
-    from ..supernet.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from ..supernet.checkpoint import atomic_write, load_checkpoint, resolve_checkpoint_path
     from .profile import profile_device
 
     contexts = [c.strip() for c in args.contexts.split(",") if c.strip()]
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(rows)} candidates measured: {len(dropped)} dominated by the measurements, {len(thinned)} more "
           f"thinned out to keep at most {args.members}")
     print(f"family of {len(fam.members)} written to {out}/ (archive of {len(archs)} non-dominated architectures)")
-    (out / "search.json").write_text(json.dumps({"predictor_fit": fit, "members": len(fam.members),
-                                                 "candidates": len(rows), "dropped": len(dropped),
-                                                 "thinned": len(thinned)}, indent=1))
+    text = json.dumps({"predictor_fit": fit, "members": len(fam.members), "candidates": len(rows),
+                       "dropped": len(dropped), "thinned": len(thinned)}, indent=1)
+    atomic_write(out / "search.json", lambda p: Path(p).write_text(text))
     return 0
