@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset
     from ..family import Family, Member, archive_entries, pick_spread, sha256_file
-    from ..predict.accuracy import AccuracyPredictor
+    from ..predict.accuracy import MIN_PAIRS, AccuracyPredictor
     from ..predict.flops import FlopsModel
     from ..predict.latency import load_tables
     from ..predict.profiling import context_device
@@ -165,8 +165,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--members: a family needs at least 2 members")
     if args.eval_images is not None and args.eval_images < 1:
         raise UserError(f"--eval-images: expected a positive number of test images, got {args.eval_images}")
-    if not args.predictor and args.samples < 10:
-        raise UserError(f"--samples: the accuracy predictor needs at least 10 measured members, got {args.samples}")
+    if not args.predictor and args.samples < MIN_PAIRS:
+        raise UserError(f"--samples: the accuracy predictor needs at least {MIN_PAIRS} measured members, "
+                        f"got {args.samples}")
     out = Path(args.out)
     ckpt_path = resolve_checkpoint_path(args.checkpoint)
     ckpt_sha = sha256_file(ckpt_path)  # hashed before loading: the file may be replaced while we search

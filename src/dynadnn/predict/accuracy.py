@@ -30,6 +30,7 @@ from .genes import GeneCoding
 PREDICTOR_FORMAT = "dynadnn.accuracy_predictor/1"
 OFA_HIDDEN = (400, 400, 400)
 RIDGE_ALPHAS = (1.0, 3.0, 10.0, 30.0)
+MIN_PAIRS = 10  # (arch, top-1) pairs below which a cross-validated fit means nothing
 
 
 def build_mlp(n_in: int, hidden: Sequence[int]) -> nn.Sequential:
@@ -178,8 +179,8 @@ class AccuracyPredictor:
         hidden layer, so files and the search treat it alike) or "auto": whichever ranks held-out pairs
         best. With a few hundred noisy measurements the ridge model usually wins (measured on the shipped
         model, 160 members: cross-validated tau 0.57 against the MLP's 0.43)."""
-        if len(archs) != len(top1) or len(archs) < 10:
-            raise UserError(f"accuracy predictor: need at least 10 (arch, top-1) pairs, got {len(archs)} archs "
+        if len(archs) != len(top1) or len(archs) < MIN_PAIRS:
+            raise UserError(f"accuracy predictor: need at least {MIN_PAIRS} (arch, top-1) pairs, got {len(archs)} archs "
                             f"and {len(top1)} values")
         if kind not in ("auto", "mlp", "ridge"):
             raise UserError(f"accuracy predictor kind '{kind}': expected auto, mlp or ridge")

@@ -88,8 +88,8 @@ class Timing:
     count: int
 
     def entry(self) -> dict[str, float]:
-        """Dynamic-OFA's table entry (`mean` is what a LUT sums; we store the median there, robust to the
-        occasional preempted run on a shared machine) plus our extra fields."""
+        """Dynamic-OFA's table entry (`mean` is what a LUT sums; we store the speed-normalised median there,
+        robust to preempted runs and slow spells on a shared machine) plus our extra fields."""
         return {"count": self.count, "mean": self.median, "std": self.std, "p95": self.p95, "arith_mean": self.mean}
 
 
@@ -111,9 +111,9 @@ def time_call(fn: Callable[[], Any], runs: int, warmup: int, device: str = "cpu"
 
 
 def time_interleaved(calls: Sequence[Callable[[], Any]], runs: int, warmup: int, device: str = "cpu",
-                     per_round: int = 1, progress=None, window: int = 10) -> list[Timing]:
-    """Time many callables round-robin, `per_round` runs of each in turn until each has `runs`, and take
-    out the machine's speed of the moment before taking medians.
+                     progress=None, window: int = 10) -> list[Timing]:
+    """Time many callables round-robin, one run of each in turn until each has `runs`, and take out the
+    machine's speed of the moment before taking medians.
 
     Why: on a shared VM one callable's runs spread +-25 % and neighbouring runs are correlated (measured
     here: autocorrelation 0.7 between consecutive 7 ms runs, 0.14 at 20 runs apart): the whole machine
@@ -127,17 +127,16 @@ def time_interleaved(calls: Sequence[Callable[[], Any]], runs: int, warmup: int,
         for _ in range(warmup):
             fn()
     sync()
-    rounds = max(1, -(-runs // per_round))
+    rounds = max(1, runs)
     order: list[int] = []  # callable index of each run, in time order
     times: list[float] = []
-    for r in range(rounds):
+    for _ in range(rounds):
         for i, fn in enumerate(calls):
-            for _ in range(min(per_round, runs - r * per_round)):
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                times.append((time.perf_counter() - t0) * 1e3)
-                order.append(i)
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+            order.append(i)
         if progress:
             progress(len(calls) / rounds)
     who, seq = np.asarray(order), np.asarray(times)
