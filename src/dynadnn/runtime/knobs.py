@@ -74,14 +74,60 @@ class TorchRunner(Runner):
 
 
 def export_onnx(model: torch.nn.Module, r: int, in_channels: int) -> bytes:
-    """The member as an ONNX graph (opset 17, dynamic batch)."""
+    """The member as an ONNX graph (opset 17, dynamic batch), its global poolings made single ops."""
+    import onnx
+
     buf = io.BytesIO()
     example = torch.zeros(1, in_channels, r, r)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (example,), buf, dynamo=False, input_names=["x"], output_names=["logits"],
                           dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
-    return buf.getvalue()
+    graph = onnx.load_from_string(buf.getvalue())
+    fuse_global_pools(graph.graph)
+    return graph.SerializeToString()
+
+
+def _reduce_mean_axis(node) -> int | None:
+    """The single axis a keepdims ReduceMean (opset < 18, axes as an attribute) averages over, else None."""
+    if node.op_type != "ReduceMean":
+        return None
+    attrs = {a.name: a for a in node.attribute}
+    keep = attrs["keepdims"].i if "keepdims" in attrs else 1
+    axes = list(attrs["axes"].ints) if "axes" in attrs else []
+    return axes[0] if keep == 1 and len(axes) == 1 and len(node.input) == 1 else None
+
+
+def fuse_global_pools(graph) -> int:
+    """Rewrite each `ReduceMean(axis 3) -> ReduceMean(axis 2)` chain (OFA's `x.mean(3).mean(2)`, which
+    the PyTorch members keep so they match OFA's numbers exactly) into one `GlobalAveragePool`. ONNX
+    Runtime runs that op in its blocked NCHWc layout; the two ReduceMeans leave it for plain NCHW and
+    back, and cost a third of a small member's latency here (BENCHMARKS.md). Outputs change by float
+    rounding only (the sum is taken in another order). Returns how many chains were fused."""
+    from onnx import helper
+
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    fused, drop = 0, set()
+    for node in list(graph.node):
+        if _reduce_mean_axis(node) != 3 or node.output[0] in outputs:
+            continue
+        after = consumers.get(node.output[0], [])
+        if len(after) != 1 or _reduce_mean_axis(after[0]) != 2:
+            continue
+        second = after[0]
+        pool = helper.make_node("GlobalAveragePool", [node.input[0]], [second.output[0]], name=f"{node.name}_gap")
+        i = list(graph.node).index(node)
+        graph.node.insert(i, pool)
+        drop.update({id(node), id(second)})
+        fused += 1
+    keep = [n for n in graph.node if id(n) not in drop]
+    del graph.node[:]
+    graph.node.extend(keep)
+    return fused
 
 
 class OrtRunner(Runner):
