@@ -200,9 +200,12 @@ def screen(cands: list[Runner], x: Tensor, n: int = 5, keep_within: float = 1.5)
 
 
 def build_options(candidates: dict[tuple[int, int], list[Runner]], top1: Sequence[float], names: Sequence[str],
-                  x: Tensor, n: int = 40) -> tuple[tuple[Option, ...], list[Runner], list[dict]]:
+                  x: Tensor, n: int = 40, burst: int = 4) -> tuple[tuple[Option, ...], list[Runner], list[dict]]:
     """Measure every candidate runner for each (member, threads) and keep the faster backend (by median).
-    Runners of one thread count are measured round-robin, so a passing load spike hits all of them alike.
+    Runners of one thread count are measured round-robin, so a passing load spike hits all of them alike;
+    but in bursts: each turn runs a runner once untimed, then `burst` times timed, back to back. Served,
+    a member runs frame after frame with its weights in cache; timed one run per turn among 26 others, it
+    started cold every time and measured 1.3-2.5x slower, the smallest members most (BENCHMARKS.md).
     Returns the options, the runner for each option (same order) and all measurements (for the log)."""
     candidates = {key: screen(cands, x) for key, cands in candidates.items()}
     by_threads: dict[int, list[Runner]] = {}
@@ -214,11 +217,13 @@ def build_options(candidates: dict[tuple[int, int], list[Runner]], top1: Sequenc
             for _ in range(5):
                 rn(x)
             samples[id(rn)] = []
-        for _ in range(n):
+        for _ in range(-(-n // burst)):
             for rn in runners_t:
-                t0 = time.perf_counter()
                 rn(x)
-                samples[id(rn)].append((time.perf_counter() - t0) * 1e3)
+                for _ in range(burst):
+                    t0 = time.perf_counter()
+                    rn(x)
+                    samples[id(rn)].append((time.perf_counter() - t0) * 1e3)
     options, runners, report = [], [], []
     for (member, threads), cands in sorted(candidates.items()):
         measured = []
