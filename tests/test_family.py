@@ -107,6 +107,7 @@ def test_profile_and_search_cli_build_a_measured_family(net, tmp_path):
                  "--runs", "3", "--warmup", "1", "--members", "10", "--member-runs", "2", "--resolutions", "20"]) == 0
     table = json.loads((tmp_path / "prof" / "cpu_1t" / "table.json").read_text())
     assert table["correction"] and table["report"]["members"] == 10 and "load_before" in table
+    assert table["backend"] == "ort"  # what the runtime serves on the CPU
     assert main(["search", str(ckpt), "--contexts", "cpu:1t", "--profile", str(tmp_path / "prof"), "--members", "3",
                  "--samples", "12", "--calib-images", "100", "--eval-images", "100", "--out", str(tmp_path / "fam")]) == 0
     fam = Family.load(tmp_path / "fam", preset="tiny", checkpoint=ckpt)

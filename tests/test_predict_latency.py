@@ -133,3 +133,45 @@ def test_speed_normalised_medians_take_out_a_common_slow_spell():
     two = np.tile([0, 1], 30)
     seq2 = rng.random(60) + 1
     assert np.allclose(speed_normalised_medians(two, seq2, 2, 10), [np.median(seq2[0::2]), np.median(seq2[1::2])])
+
+
+def test_time_interleaved_in_bursts_runs_each_callable_warm_and_counts_turns():
+    from dynadnn.predict.profiling import time_interleaved
+
+    calls = [0, 0, 0]
+
+    def make(i):
+        def fn():
+            calls[i] += 1
+        return fn
+
+    out = time_interleaved([make(i) for i in range(3)], runs=8, warmup=1, burst=4)
+    assert calls == [1 + 2 * (1 + 4)] * 3  # warm-up, then 2 turns of one untimed and 4 timed runs
+    assert [t.count for t in out] == [2, 2, 2]  # a turn is one sample (the mean of its burst)
+
+
+def test_backend_resolution_and_errors():
+    from dynadnn.errors import UserError
+    from dynadnn.predict.profiling import resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "ort" and resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("torch", "cpu") == "torch"
+    with pytest.raises(UserError, match="CPU contexts only"):
+        resolve_backend("ort", "cuda")
+    with pytest.raises(UserError, match="expected auto, torch or ort"):
+        resolve_backend("tvm", "cpu")
+
+
+def test_onnx_runtime_layer_table_covers_every_layer_and_exports_each_once():
+    from dynadnn.predict.profiling import count_layers, profile_layers
+
+    space = load_space("tiny")
+    cache: dict = {}
+    entries, meta = profile_layers(space, "cpu:1t", [20], runs=2, warmup=1, backend="ort", onnx_cache=cache)
+    assert meta["backend"] == "ort" and meta["burst"] == 16
+    assert len(entries[20]) == count_layers(space, [20]) == len(cache)
+    assert all(e["mean"] > 0 for e in entries[20].values())
+    profile_layers(space, "cpu:2t", [20], runs=2, warmup=1, backend="ort", onnx_cache=cache)
+    assert len(cache) == count_layers(space, [20])  # the second thread count reused every export
+    table = LatencyTable(space, "cpu:1t", entries, "test")
+    assert table.predict(space.max_arch(20))[0] > table.predict(space.min_arch(20))[0]

@@ -13,9 +13,11 @@ from ..errors import UserError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "profile", help="time every layer of a space on this device and write latency tables",
-        description="Time each distinct layer of the checkpoint's search space at batch 1 (warm-up, then the "
-                    "median of many runs, all layers round-robin, each run divided by the machine's speed of "
-                    "the moment) for every resolution and thread count, and on CUDA when present. "
+        description="Time each distinct layer of the checkpoint's search space at batch 1 on the backend the "
+                    "runtime serves with (ONNX Runtime on the CPU: each layer exported as the runtime exports "
+                    "members; warm-up, then the median of many runs in warm bursts, all layers round-robin, each "
+                    "turn divided by the machine's speed of the moment) for every resolution and thread count, "
+                    "and on CUDA when present. "
                     "Then time random whole members, fit a per-context correction for what a per-layer sum "
                     "misses (dispatch overhead between layers), and report MAPE and Kendall tau of raw and "
                     "corrected predictions on held-out members. Tables are written in Dynamic-OFA's format: "
@@ -24,12 +26,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (contexts cpu:<N>t); default 1,2")
     p.add_argument("--cuda", choices=("auto", "yes", "no"), default="auto", help="also profile context 'cuda' (default: when present)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--runs", type=int, default=300, help="timed runs per layer (default 300)")
+    p.add_argument("--runs", type=int, default=None,
+                   help="timed runs per layer (default 1200 on ort, in bursts of 16; 300 on torch, one per turn)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer (default 10)")
     p.add_argument("--members", type=int, default=100, help="random whole members to time for the correction (default 100)")
-    p.add_argument("--member-runs", type=int, default=150,
-                   help="timed runs per member (default 150: on a shared VM a member's runs spread +-25 %%, "
-                        "so ranking members that differ by a few %% takes many)")
+    p.add_argument("--member-runs", type=int, default=None,
+                   help="timed runs per member (default 600 on ort, in bursts of 4; 150 on torch: on a shared VM "
+                        "a member's runs spread +-25 %%, so ranking members that differ by a few %% takes many)")
+    p.add_argument("--backend", choices=("auto", "ort", "torch"), default="auto",
+                   help="what runs the layers and members: ort (ONNX Runtime, what the runtime serves on the CPU), "
+                        "torch (eager PyTorch), or auto (ort on the CPU, torch on CUDA; default)")
     p.add_argument("--resolutions", help="comma-separated resolutions (default: all of the preset)")
     p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
     p.set_defaults(func=run)
@@ -56,9 +62,11 @@ def local_contexts(threads: list[int], cuda: str) -> list[str]:
     return contexts
 
 
-def profile_device(net, contexts: list[str], out: Path, resolutions: list[int] | None = None, runs: int = 100,
-                   warmup: int = 10, members: int = 100, member_runs: int = 30, checkpoint: str = "") -> dict:
-    """Profile every context into `out/<context>/`; returns {context: member-check report}."""
+def profile_device(net, contexts: list[str], out: Path, resolutions: list[int] | None = None,
+                   runs: int | None = None, warmup: int = 10, members: int = 100, member_runs: int | None = None,
+                   checkpoint: str = "", backend: str = "auto") -> dict:
+    """Profile every context into `out/<context>/`; returns {context: member-check report}. Runs default
+    per backend (`predict.profiling.DEFAULT_RUNS`)."""
     from rich.progress import Progress
 
     from ..predict.latency import LatencyTable, context_dirname
@@ -70,14 +78,17 @@ def profile_device(net, contexts: list[str], out: Path, resolutions: list[int] |
     if bad:
         raise UserError(f"--resolutions: {bad} not in preset '{space.name}' ({list(space.resolutions)})")
     reports = {}
+    onnx_cache: dict[str, bytes] = {}  # one export of each layer and member serves every thread count
     with Progress(transient=True) as bar:
         for ctx in contexts:
             n_layers = count_layers(space, res)
             task = bar.add_task(f"{ctx}: layers", total=n_layers)
-            entries, meta = profile_layers(space, ctx, res, runs, warmup, progress=lambda k: bar.advance(task, k))
+            entries, meta = profile_layers(space, ctx, res, runs, warmup, progress=lambda k: bar.advance(task, k),
+                                           backend=backend, onnx_cache=onnx_cache)
             table = LatencyTable(space, ctx, entries, f"profile {ctx}")
             task = bar.add_task(f"{ctx}: members", total=members)
-            check = check_members(net, table, members, runs=member_runs, progress=lambda k: bar.advance(task, k))
+            check = check_members(net, table, members, runs=member_runs, progress=lambda k: bar.advance(task, k),
+                                  backend=backend, onnx_cache=onnx_cache)
             table.correction = check.fit()
             meta.update({"report": check.report, "checkpoint": checkpoint,
                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -111,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     hold_pages()
     out = Path(args.out)
     reports = profile_device(net, contexts, out, res, args.runs, args.warmup, args.members, args.member_runs,
-                             str(args.checkpoint))
+                             str(args.checkpoint), args.backend)
     summary = {"preset": net.space.name, "contexts": contexts, "reports": reports}
     text = json.dumps(summary, indent=1)
     atomic_write(out / "profile.json", lambda p: Path(p).write_text(text))

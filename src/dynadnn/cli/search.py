@@ -183,8 +183,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         profile_dir = out / "profile"
         print(f"profiling this device into {profile_dir}/ (pass --profile DIR to reuse one)")
-        profile_device(net, contexts, profile_dir, runs=50, warmup=5, members=60, member_runs=20,
-                       checkpoint=str(args.checkpoint))
+        profile_device(net, contexts, profile_dir, warmup=5, members=60, checkpoint=str(args.checkpoint))
         tables = load_tables(profile_dir, space, contexts)
 
     # accuracy

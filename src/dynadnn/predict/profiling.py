@@ -2,10 +2,12 @@
 
 Each distinct layer of a space (per resolution) is built from standard modules shaped like the layers of
 an extracted, BN-folded static member (`StaticNet.fuse()`: biased convolutions, activations, SE, the
-residual add) and timed at batch 1: warm-up, then the median of many runs, every layer of every resolution
-round-robin and each run divided by the machine's speed of the moment (`time_interleaved`). Whole random
-members are timed the same way; a per-context `Correction` (linear in the LUT sum and the number of blocks) is fitted on
-half of them and judged on the other half (MAPE and Kendall tau, raw and corrected), then refitted on all.
+residual add) and timed at batch 1 on the backend the runtime serves with: on the CPU, ONNX Runtime, each
+layer exported as members are (`supernet.export`); eager PyTorch on CUDA or on request. Timing: warm-up,
+then every layer of every resolution round-robin, in warm bursts, each turn divided by the machine's speed
+of the moment (`time_interleaved`). Whole random members are timed the same way; a per-context
+`Correction` (linear in the LUT sum and the number of blocks) is fitted on half of them and judged on the
+other half (MAPE and Kendall tau, raw and corrected), then refitted on all.
 """
 
 from __future__ import annotations
@@ -111,9 +113,12 @@ def time_call(fn: Callable[[], Any], runs: int, warmup: int, device: str = "cpu"
 
 
 def time_interleaved(calls: Sequence[Callable[[], Any]], runs: int, warmup: int, device: str = "cpu",
-                     progress=None, window: int = 10) -> list[Timing]:
-    """Time many callables round-robin, one run of each in turn until each has `runs`, and take out the
-    machine's speed of the moment before taking medians.
+                     progress=None, window: int = 10, burst: int = 1) -> list[Timing]:
+    """Time many callables round-robin, a turn of each in turn until each has `runs` timed runs, and take
+    out the machine's speed of the moment before taking medians. With `burst` > 1 a turn is one untimed run
+    then `burst` timed runs back to back, and counts as one sample (their mean): a member is served frame
+    after frame with its weights in cache, and one run per turn among many others measures it cold,
+    1.3-2.3x slower on ONNX Runtime here (benchmarks/cache.py).
 
     Why: on a shared VM one callable's runs spread +-25 % and neighbouring runs are correlated (measured
     here: autocorrelation 0.7 between consecutive 7 ms runs, 0.14 at 20 runs apart): the whole machine
@@ -127,15 +132,20 @@ def time_interleaved(calls: Sequence[Callable[[], Any]], runs: int, warmup: int,
         for _ in range(warmup):
             fn()
     sync()
-    rounds = max(1, runs)
-    order: list[int] = []  # callable index of each run, in time order
+    burst = max(1, burst)
+    rounds = max(1, -(-runs // burst))
+    order: list[int] = []  # callable index of each turn, in time order
     times: list[float] = []
     for _ in range(rounds):
         for i, fn in enumerate(calls):
+            if burst > 1:
+                fn()
+                sync()
             t0 = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - t0) * 1e3)
+            for _ in range(burst):
+                fn()
+                sync()
+            times.append((time.perf_counter() - t0) * 1e3 / burst)
             order.append(i)
         if progress:
             progress(len(calls) / rounds)
@@ -165,7 +175,48 @@ def speed_normalised_medians(who: np.ndarray, seq: np.ndarray, n: int, window: i
     return med
 
 
-def _runner(module: nn.Module, shape: Sequence[int], device: str) -> Callable[[], Any]:
+BACKENDS = ("torch", "ort")
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """`auto` is ONNX Runtime on the CPU (what the runtime serves there: it was faster for every member
+    measured here) and PyTorch on CUDA; ONNX Runtime is CPU-only here."""
+    from ..errors import UserError
+
+    if backend == "auto":
+        return "torch" if device.startswith("cuda") else "ort"
+    if backend not in BACKENDS:
+        raise UserError(f"backend '{backend}': expected auto, torch or ort")
+    if backend == "ort" and device != "cpu":
+        raise UserError(f"backend 'ort' profiles CPU contexts only, not {device}")
+    return backend
+
+
+# Timed runs and turn lengths (see `time_interleaved`) per backend when the caller gives none. ONNX Runtime:
+# measured here on zoo:animals, 1 thread (BENCHMARKS.md, session 5): two layer tables of 300 runs in bursts
+# of 4 ranked 100 members' LUT sums with a Kendall tau of only 0.81 against each other, 1200 runs in bursts
+# of 16 with 0.93; one run per turn (cold) fell to 0.69. Members: 150 runs gave a test-retest tau of 0.83,
+# 600 runs 0.94. PyTorch keeps session 4's protocol (300 / 150 runs, one per turn), which met tau 0.93.
+DEFAULT_RUNS = {"ort": {"layer_runs": 1200, "layer_burst": 16, "member_runs": 600, "member_burst": 4},
+                "torch": {"layer_runs": 300, "layer_burst": 1, "member_runs": 150, "member_burst": 1}}
+
+
+def _runner(module: nn.Module, shape: Sequence[int], device: str, backend: str = "torch",
+            threads: int = 1, onnx_cache: dict | None = None, key: str = "") -> Callable[[], Any]:
+    """A zero-argument call running `module` once at batch 1: eagerly in PyTorch, or exported to ONNX (the
+    graph the runtime serves, `supernet.export`) in an ONNX Runtime session of `threads` threads. Exports
+    are kept in `onnx_cache` under `key` when given (one export serves every thread count)."""
+    if backend == "ort":
+        from ..supernet.export import export_module, ort_session
+
+        blob = onnx_cache.get(key) if onnx_cache is not None and key else None
+        if blob is None:
+            blob = export_module(module.eval(), shape)
+            if onnx_cache is not None and key:
+                onnx_cache[key] = blob
+        run = ort_session(blob, threads).run
+        feed = {"x": torch.randn(*shape).numpy()}
+        return lambda: run(None, feed)
     module = module.to(device).eval()
     x = torch.randn(*shape, device=device)
 
@@ -201,17 +252,23 @@ def context_device(context: str) -> tuple[str, int]:
     raise UserError(f"context '{context}' cannot be measured here: expected cpu:<N>t (e.g. cpu:1t) or cuda")
 
 
-def profile_layers(space: SearchSpace, context: str, resolutions: Sequence[int] | None = None, runs: int = 100,
-                   warmup: int = 10, progress=None) -> tuple[dict[int, dict[str, dict]], dict[str, Any]]:
-    """Time every distinct layer of `space` at each resolution in one context. Returns (entries per
-    resolution, meta with the system load before and after)."""
+def profile_layers(space: SearchSpace, context: str, resolutions: Sequence[int] | None = None,
+                   runs: int | None = None, warmup: int = 10, progress=None, backend: str = "auto",
+                   burst: int | None = None, onnx_cache: dict | None = None
+                   ) -> tuple[dict[int, dict[str, dict]], dict[str, Any]]:
+    """Time every distinct layer of `space` at each resolution in one context, on `backend` (see
+    `resolve_backend`; runs and burst default per backend, `DEFAULT_RUNS`). Returns (entries per
+    resolution, meta with the backend and the system load before and after)."""
     device, threads = context_device(context)
+    backend = resolve_backend(backend, device)
+    runs = DEFAULT_RUNS[backend]["layer_runs"] if runs is None else runs
+    burst = DEFAULT_RUNS[backend]["layer_burst"] if burst is None else burst
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     resolutions = list(resolutions or space.resolutions)
-    meta: dict[str, Any] = {"load_before": system_load(), "threads": threads, "device": device, "runs": runs,
-                            "warmup": warmup, "torch": torch.__version__}
+    meta: dict[str, Any] = {"load_before": system_load(), "threads": threads, "device": device, "backend": backend,
+                            "runs": runs, "burst": burst, "warmup": warmup, "torch": torch.__version__}
     todo = []
     for r in resolutions:
         sl = space_layers(space, r)
@@ -230,9 +287,10 @@ def profile_layers(space: SearchSpace, context: str, resolutions: Sequence[int] 
             # every resolution's layers in one round-robin: timed one resolution after another, each
             # resolution's entries carried the machine's speed of its own minute (measured here: that bias
             # was what made corrected predictions mis-rank members of different resolutions)
-            calls = [_runner(*layer_module(layer, space, first_block=first), device) for _, layer, first in todo]
+            calls = [_runner(*layer_module(layer, space, first_block=first), device, backend, threads, onnx_cache,
+                             f"{space.name}/{layer.key}/{int(first)}") for _, layer, first in todo]
             timings = time_interleaved(calls, runs, warmup, device,
-                                       progress=(lambda k: progress(k)) if progress else None)
+                                       progress=(lambda k: progress(k)) if progress else None, burst=burst)
             for (r, layer, _), t in zip(todo, timings):
                 entries[r][layer.key] = t.entry()
     finally:
@@ -292,30 +350,37 @@ class MemberCheck:
         return full
 
 
-def time_members(net, archs: Sequence[Arch], context: str, runs: int = 30, warmup: int = 5,
-                 progress=None) -> list[Timing]:
-    """Batch-1 latency of each member as the runtime runs it: extracted from the super-network, BN folded."""
+def time_members(net, archs: Sequence[Arch], context: str, runs: int | None = None, warmup: int = 5,
+                 progress=None, backend: str = "auto", burst: int | None = None,
+                 onnx_cache: dict | None = None) -> list[Timing]:
+    """Batch-1 latency of each member as the runtime runs it: extracted from the super-network, BN folded,
+    on `backend` (`resolve_backend`; runs and burst default per backend, `DEFAULT_RUNS`)."""
     device, threads = context_device(context)
+    backend = resolve_backend(backend, device)
+    runs = DEFAULT_RUNS[backend]["member_runs"] if runs is None else runs
+    burst = DEFAULT_RUNS[backend]["member_burst"] if burst is None else burst
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        calls = [_runner(net.extract(arch).fuse(), (1, net.space.in_channels, arch.r, arch.r), device) for arch in archs]
+        calls = [_runner(net.extract(arch).fuse(), (1, net.space.in_channels, arch.r, arch.r), device, backend, threads,
+                         onnx_cache, f"member/{arch.to_json()}") for arch in archs]
         out = time_interleaved(calls, runs, warmup, device,
-                               progress=(lambda k: progress(k)) if progress else None)
+                               progress=(lambda k: progress(k)) if progress else None, burst=burst)
     finally:
         torch.set_num_threads(old)
     return out
 
 
-def check_members(net, table: LatencyTable, n: int = 100, seed: int = 0, runs: int = 30, warmup: int = 5,
-                  progress=None) -> MemberCheck:
+def check_members(net, table: LatencyTable, n: int = 100, seed: int = 0, runs: int | None = None, warmup: int = 5,
+                  progress=None, backend: str = "auto", burst: int | None = None,
+                  onnx_cache: dict | None = None) -> MemberCheck:
     """Time `n` random members (plus the smallest and largest) and compare them with the table."""
     space = net.space
     rng = random.Random(seed)
     res = list(table.resolutions)
     archs = [space.min_arch(res[0]), space.max_arch(res[-1])]
     archs += [space.sample(rng, rng.choice(res)) for _ in range(max(0, n - 2))]
-    timings = time_members(net, archs, table.context, runs, warmup, progress)
+    timings = time_members(net, archs, table.context, runs, warmup, progress, backend, burst, onnx_cache)
     lut = table.predict(archs, corrected=False)
     nblk = np.array([len(space.active_blocks(a)) for a in archs], dtype=float)
     return MemberCheck(table.context, archs, np.array([t.median for t in timings]), np.array([t.p95 for t in timings]),

@@ -5,7 +5,7 @@ A `Runner` is one member compiled for one backend and thread count, ready to cal
 - `torch`: the member from `dynadnn.dynamic.DynamicNetwork` (BN folded, channels-last, TorchScript when it
   compiles); threads through `torch.set_num_threads`, which is process-wide, so it is set only when the
   running option changes.
-- `ort`: ONNX Runtime. Each member is exported to ONNX once (`torch.onnx.export(..., dynamo=False)`: the
+- `ort`: ONNX Runtime. Each member is exported to ONNX once (`supernet.export.export_onnx`: the
   TorchScript-based exporter needs only `onnx`) and gets one `InferenceSession` per thread count, with
   spinning disabled so idle pool threads do not burn the CPU the competitors and we share. At batch 1 on
   these small networks ORT was measured 4-20x faster than torch eager here.
@@ -15,9 +15,7 @@ thread count, whichever backend was faster at load: those are the policies' opti
 
 from __future__ import annotations
 
-import io
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..supernet.export import export_onnx, fuse_global_pools, ort_session  # noqa: F401 (re-exported)
 from .options import Option
 
 BACKENDS = ("torch", "ort")
@@ -73,78 +72,12 @@ class TorchRunner(Runner):
             return self.module(xi)
 
 
-def export_onnx(model: torch.nn.Module, r: int, in_channels: int) -> bytes:
-    """The member as an ONNX graph (opset 17, dynamic batch), its global poolings made single ops."""
-    import onnx
-
-    buf = io.BytesIO()
-    example = torch.zeros(1, in_channels, r, r)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), buf, dynamo=False, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
-    graph = onnx.load_from_string(buf.getvalue())
-    fuse_global_pools(graph.graph)
-    return graph.SerializeToString()
-
-
-def _reduce_mean_axis(node) -> int | None:
-    """The single axis a keepdims ReduceMean (opset < 18, axes as an attribute) averages over, else None."""
-    if node.op_type != "ReduceMean":
-        return None
-    attrs = {a.name: a for a in node.attribute}
-    keep = attrs["keepdims"].i if "keepdims" in attrs else 1
-    axes = list(attrs["axes"].ints) if "axes" in attrs else []
-    return axes[0] if keep == 1 and len(axes) == 1 and len(node.input) == 1 else None
-
-
-def fuse_global_pools(graph) -> int:
-    """Rewrite each `ReduceMean(axis 3) -> ReduceMean(axis 2)` chain (OFA's `x.mean(3).mean(2)`, which
-    the PyTorch members keep so they match OFA's numbers exactly) into one `GlobalAveragePool`. ONNX
-    Runtime runs that op in its blocked NCHWc layout; the two ReduceMeans leave it for plain NCHW and
-    back, and cost a third of a small member's latency here (BENCHMARKS.md). Outputs change by float
-    rounding only (the sum is taken in another order). Returns how many chains were fused."""
-    from onnx import helper
-
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    fused, drop = 0, set()
-    for node in list(graph.node):
-        if _reduce_mean_axis(node) != 3 or node.output[0] in outputs:
-            continue
-        after = consumers.get(node.output[0], [])
-        if len(after) != 1 or _reduce_mean_axis(after[0]) != 2:
-            continue
-        second = after[0]
-        pool = helper.make_node("GlobalAveragePool", [node.input[0]], [second.output[0]], name=f"{node.name}_gap")
-        i = list(graph.node).index(node)
-        graph.node.insert(i, pool)
-        drop.update({id(node), id(second)})
-        fused += 1
-    keep = [n for n in graph.node if id(n) not in drop]
-    del graph.node[:]
-    graph.node.extend(keep)
-    return fused
-
-
 class OrtRunner(Runner):
     backend = "ort"
 
     def __init__(self, member: int, onnx_bytes: bytes, r: int, threads: int):
-        import onnxruntime as ort
-
         super().__init__(member, r, threads)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        self.session = ort_session(onnx_bytes, threads)
         self._run = self.session.run
 
     def __call__(self, x) -> Tensor:
