@@ -214,8 +214,8 @@ def pipeline(out: Path, duration: float) -> int:
     console = Console(width=None if Console().is_terminal else 120)
     steps = [
         ("profile this machine (per-layer latency tables, 1 and 2 threads)",
-         ["profile", "zoo:animals", "--threads", "1,2", "--out", str(out / "profile"), "--runs", "15",
-          "--members", "30", "--member-runs", "6"]),
+         ["profile", "zoo:animals", "--threads", "1,2", "--out", str(out / "profile"), "--runs", "320",
+          "--members", "30", "--member-runs", "120"]),
         ("search a Pareto family (NSGA-II over accuracy and both contexts; members calibrated and re-measured)",
          ["search", "zoo:animals", "--contexts", "cpu:1t,cpu:2t", "--members", "8", "--candidates", "16",
           "--profile", str(out / "profile"),
