@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 
-from dynadnn.runtime.knobs import OrtRunner, export_onnx  # noqa: E402
+from dynadnn.runtime.knobs import OrtRunner  # noqa: E402
+from dynadnn.supernet.export import export_onnx  # noqa: E402
 from dynadnn.supernet.checkpoint import load_checkpoint  # noqa: E402
 
 
