@@ -5,7 +5,8 @@ OFA's two-step global pooling (`x.mean(3).mean(2)`, two ReduceMean nodes) into o
 For the shipped model (zoo:animals, BN statistics as shipped) and the space's smallest and largest members
 at each of its smallest and largest resolutions, one ONNX Runtime session per (member, graph) at 1 intra-op
 thread, all timed interleaved in one run (the machine is shared). Outputs are checked against the PyTorch
-member first.
+member first. Each turn runs each session once, so every run is cold (benchmarks/cache.py): the spans here are
+the cold ones; served warm, members are faster and the span wider.
 
 Prints a table, then one JSON object as the last line:
   speedup            per member: median(two ReduceMeans) / median(GlobalAveragePool)
