@@ -195,7 +195,8 @@ def resolve_backend(backend: str, device: str) -> str:
 # Timed runs and turn lengths (see `time_interleaved`) per backend when the caller gives none. ONNX Runtime:
 # measured here on zoo:animals, 1 thread (BENCHMARKS.md, session 5): two layer tables of 300 runs in bursts
 # of 4 ranked 100 members' LUT sums with a Kendall tau of only 0.81 against each other, 1200 runs in bursts
-# of 16 with 0.93; one run per turn (cold) fell to 0.69. Members: 150 runs gave a test-retest tau of 0.83,
+# of 16 with 0.93; a table timed cold (one run per turn) ranked the measured members with a tau of
+# only 0.71. Members: 150 runs gave a test-retest tau of 0.83,
 # 600 runs 0.94. PyTorch keeps session 4's protocol (300 / 150 runs, one per turn), which met tau 0.93.
 DEFAULT_RUNS = {"ort": {"layer_runs": 1200, "layer_burst": 16, "member_runs": 600, "member_burst": 4},
                 "torch": {"layer_runs": 300, "layer_burst": 1, "member_runs": 150, "member_burst": 1}}

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..supernet.export import export_onnx, fuse_global_pools, ort_session  # noqa: F401 (re-exported)
+from ..supernet.export import export_onnx, ort_session
 from .options import Option
 
 BACKENDS = ("torch", "ort")
@@ -138,7 +138,7 @@ def build_options(candidates: dict[tuple[int, int], list[Runner]], top1: Sequenc
     Runners of one thread count are measured round-robin, so a passing load spike hits all of them alike;
     but in bursts: each turn runs a runner once untimed, then `burst` times timed, back to back. Served,
     a member runs frame after frame with its weights in cache; timed one run per turn among 26 others, it
-    started cold every time and measured 1.3-2.5x slower, the smallest members most (BENCHMARKS.md).
+    started cold every time and measured 1.3-2.3x slower, the smallest members most (benchmarks/cache.py).
     Returns the options, the runner for each option (same order) and all measurements (for the log)."""
     candidates = {key: screen(cands, x) for key, cands in candidates.items()}
     by_threads: dict[int, list[Runner]] = {}
