@@ -130,3 +130,12 @@ def test_search_cli_refuses_bad_measurement_sizes_before_any_work(net, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("dynadnn: error:") and named in err and "\n" not in err
     assert not (tmp_path / "fam").exists()
+
+
+def test_profile_cli_refuses_onnx_runtime_on_cuda_before_any_work(net, tmp_path, capsys):
+    ckpt = save_checkpoint(net, tmp_path / "tiny.safetensors", {"dataset": "digits"})
+    assert main(["profile", str(ckpt), "--threads", "1", "--cuda", "yes", "--backend", "ort",
+                 "--out", str(tmp_path / "prof")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dynadnn: error: --backend ort") and "\n" not in err
+    assert not (tmp_path / "prof").exists()

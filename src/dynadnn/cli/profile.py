@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="timed runs per member (default 600 on ort, in bursts of 4; 150 on torch: on a shared VM "
                         "a member's runs spread +-25 %%, so ranking members that differ by a few %% takes many)")
     p.add_argument("--backend", choices=("auto", "ort", "torch"), default="auto",
-                   help="what runs the layers and members: ort (ONNX Runtime, what the runtime serves on the CPU), "
-                        "torch (eager PyTorch), or auto (ort on the CPU, torch on CUDA; default)")
+                   help="what runs the layers and members: ort (ONNX Runtime, what the runtime serves on the CPU; CPU "
+                        "contexts only), torch (eager PyTorch), or auto (ort on the CPU, torch on CUDA; default)")
     p.add_argument("--resolutions", help="comma-separated resolutions (default: all of the preset)")
     p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
     p.set_defaults(func=run)
@@ -117,8 +117,11 @@ def run(args: argparse.Namespace) -> int:
     res = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
     if args.members < 10:
         raise UserError("--members: need at least 10 members to fit and check a correction")
+    if args.backend == "ort" and args.cuda == "yes":
+        raise UserError("--backend ort: ONNX Runtime times CPU contexts only; pass --cuda no, or --backend auto "
+                        "(ort on the CPU, torch on CUDA)")
     net, _ = load_checkpoint(args.checkpoint, args.preset)
-    contexts = local_contexts(threads, args.cuda)
+    contexts = local_contexts(threads, "no" if args.backend == "ort" else args.cuda)
     hold_pages()
     out = Path(args.out)
     reports = profile_device(net, contexts, out, res, args.runs, args.warmup, args.members, args.member_runs,
