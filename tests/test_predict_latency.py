@@ -91,6 +91,58 @@ def test_correction_recovers_a_linear_relation():
     assert (c.a, c.b, c.c) == pytest.approx((1.3, 0.2, 0.5), abs=1e-9)
 
 
+def test_correction_with_resolution_offsets_recovers_them_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    lut, n = rng.uniform(2, 10, 60), rng.integers(10, 21, 60).astype(float)
+    r = rng.choice([20, 24, 28, 32], 60)
+    shift = {20: 0.0, 24: 0.1, 28: -0.3, 32: -0.2}
+    y = 1.3 * lut + 0.2 * n + 0.5 + np.array([shift[v] for v in r])
+    c = Correction.fit(lut, n, y, r)
+    assert c.offsets == pytest.approx({24: 0.1, 28: -0.3, 32: -0.2}, abs=1e-9)
+    np.testing.assert_allclose(c.apply(lut, n, r), y, atol=1e-9)
+    again = Correction.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert again == c
+    assert Correction.from_dict({"a": 1, "b": 0, "c": 0}).offsets == {}  # tables written before offsets
+    with pytest.raises(UserError, match="offsets"):
+        Correction.from_dict({"a": 1, "b": 0, "c": 0, "offsets": {"x": 1}}, "t.json: field 'correction'")
+    # a table predicts with them: genes carry the resolution
+    from dynadnn.predict.latency import space_layers
+
+    space = load_space("tiny")
+    entries = {}
+    for v in space.resolutions:
+        sl = space_layers(space, v)
+        layers = list(sl.fixed) + [layer for per_k in sl.blocks for per_e in per_k for layer in per_e]
+        entries[v] = {layer.key: {"mean": 1.0} for layer in layers}
+    table = LatencyTable(space, "cpu:1t", entries, "test", Correction(1.0, 0.0, 0.0, {28: 5.0}))
+    coding = GeneCoding(space)
+    g = coding.encode([space.min_arch(24), space.min_arch(28)])
+    base = Correction(1.0, 0.0, 0.0).apply(table.lut_sum_genes(g, coding), coding.block_mask(g).sum(1))
+    np.testing.assert_allclose(table.predict_genes(g, coding) - base, [0.0, 5.0])
+
+
+def test_member_check_adds_offsets_only_where_cross_validation_wants_them():
+    from dynadnn.predict.profiling import MemberCheck
+
+    space = load_space("tiny")
+    rng = random.Random(0)
+    archs = [space.sample(rng, rng.choice(space.resolutions)) for _ in range(100)]
+    gen = np.random.default_rng(1)
+    lut = gen.uniform(0.2, 1.0, 100)
+    nb = np.array([len(space.active_blocks(a)) for a in archs], float)
+    noise = gen.normal(0, 0.01, 100)
+    step = np.array([0.0 if a.r <= 24 else -0.15 for a in archs])
+    shifted = MemberCheck("cpu:2t", archs, lut + step + noise, lut, lut, nb)
+    shifted.fit()
+    assert shifted.report["resolution_offsets"] and shifted.report["tau_corrected"] > 0.85
+    plain = MemberCheck("cpu:1t", archs, 2 * lut + noise, lut, lut, nb)
+    plain.fit()
+    assert plain.report["tau_corrected"] > 0.85
+    few = MemberCheck("cpu:1t", archs[:12], (lut + step + noise)[:12], lut[:12], lut[:12], nb[:12])
+    few.fit()
+    assert few.report["resolution_offsets"] is False  # too few members per resolution to fit offsets
+
+
 def test_fastest_is_no_slower_than_any_sample(tables):
     table = tables["jetson_gpu"]
     arch, lat = table.fastest()

@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'context':8s} {'members':>7s} {'MAPE raw':>9s} {'MAPE corr':>9s} {'tau raw':>8s} {'tau corr':>8s} {'range ms':>14s}")
     for ctx, r in reports.items():
         print(f"{ctx:8s} {r['members']:7d} {r['mape_raw']:8.1f}% {r['mape_corrected']:8.1f}% {r['tau_raw']:8.3f} "
-              f"{r['tau_corrected']:8.3f} {r['measured_min_ms']:6.2f}-{r['measured_max_ms']:.2f}")
+              f"{r['tau_corrected']:8.3f} {r['measured_min_ms']:6.2f}-{r['measured_max_ms']:.2f}"
+              + ("  (with per-resolution offsets)" if r.get("resolution_offsets") else ""))
     print(f"tables written to {out}/")
     return 0

@@ -124,30 +124,54 @@ def arch_layers(space: SearchSpace, arch: Arch) -> list[Layer]:
 # ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Correction:
-    """measured ~= a * lut_sum + b * n_blocks + c, fitted by least squares on measured whole members."""
+    """measured ~= a * lut_sum + b * n_blocks + c (+ offsets[r], one per resolution, when fitted with them),
+    by least squares on measured whole members.
+
+    Why per-resolution offsets: on 2 threads, ONNX Runtime's members at 28-32 px ran ~0.07 ms faster than
+    their layers' sum predicts, relative to 20-24 px (BENCHMARKS.md, session 5), which a single intercept cannot
+    follow (held-out tau 0.85 -> 0.91 with offsets). `MemberCheck.fit` adds them only where cross-validation
+    says they help."""
 
     a: float = 1.0
     b: float = 0.0
     c: float = 0.0
+    offsets: Mapping[int, float] = field(default_factory=dict)
 
-    def apply(self, lut_sum: np.ndarray, n_blocks: np.ndarray) -> np.ndarray:
-        return self.a * lut_sum + self.b * n_blocks + self.c
+    def apply(self, lut_sum: np.ndarray, n_blocks: np.ndarray, r: np.ndarray | None = None) -> np.ndarray:
+        out = self.a * np.asarray(lut_sum, float) + self.b * np.asarray(n_blocks, float) + self.c
+        if self.offsets and r is not None:
+            out = out + np.array([self.offsets.get(int(v), 0.0) for v in np.atleast_1d(r)])
+        return out
 
     @classmethod
-    def fit(cls, lut_sum: Sequence[float], n_blocks: Sequence[float], measured: Sequence[float]) -> "Correction":
-        x = np.column_stack([np.asarray(lut_sum, float), np.asarray(n_blocks, float), np.ones(len(lut_sum))])
-        coef, *_ = np.linalg.lstsq(x, np.asarray(measured, float), rcond=None)
-        return cls(*map(float, coef))
+    def fit(cls, lut_sum: Sequence[float], n_blocks: Sequence[float], measured: Sequence[float],
+            r: Sequence[int] | None = None) -> "Correction":
+        """The global fit, or with `r` (each member's resolution) one offset per resolution (the first
+        resolution's offset is 0: it is the intercept)."""
+        cols = [np.asarray(lut_sum, float), np.asarray(n_blocks, float), np.ones(len(lut_sum))]
+        levels: list[int] = []
+        if r is not None:
+            rr = np.asarray(r, int)
+            levels = sorted(set(rr.tolist()))[1:]
+            cols += [(rr == v).astype(float) for v in levels]
+        coef, *_ = np.linalg.lstsq(np.column_stack(cols), np.asarray(measured, float), rcond=None)
+        offsets = {v: float(w) for v, w in zip(levels, coef[3:])}
+        return cls(float(coef[0]), float(coef[1]), float(coef[2]), offsets)
 
-    def to_dict(self) -> dict[str, float]:
-        return {"a": self.a, "b": self.b, "c": self.c}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"a": self.a, "b": self.b, "c": self.c}
+        if self.offsets:
+            out["offsets"] = {str(k): v for k, v in sorted(self.offsets.items())}
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "correction") -> "Correction":
         try:
-            return cls(float(d["a"]), float(d["b"]), float(d["c"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{source}: expected an object with numbers a, b, c") from None
+            offsets = {int(k): float(v) for k, v in dict(d.get("offsets") or {}).items()}
+            return cls(float(d["a"]), float(d["b"]), float(d["c"]), offsets)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise UserError(f"{source}: expected an object with numbers a, b, c (and optionally offsets: "
+                            "{resolution: number})") from None
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -225,7 +249,8 @@ class LatencyTable:
         coding = coding or self.coding()
         raw = self.lut_sum_genes(genes, coding)
         if corrected and self.correction is not None:
-            return self.correction.apply(raw, coding.block_mask(genes).sum(1))
+            r = np.asarray(coding.resolutions)[coding.split(genes)[3]]
+            return self.correction.apply(raw, coding.block_mask(genes).sum(1), r)
         return raw
 
     def predict(self, archs: Sequence[Arch] | Arch, corrected: bool = True) -> np.ndarray:

@@ -6,8 +6,9 @@ residual add) and timed at batch 1 on the backend the runtime serves with: on th
 layer exported as members are (`supernet.export`); eager PyTorch on CUDA or on request. Timing: warm-up,
 then every layer of every resolution round-robin, in warm bursts, each turn divided by the machine's speed
 of the moment (`time_interleaved`). Whole random members are timed the same way; a per-context
-`Correction` (linear in the LUT sum and the number of blocks) is fitted on half of them and judged on the
-other half (MAPE and Kendall tau, raw and corrected), then refitted on all.
+`Correction` (linear in the LUT sum and the number of blocks, plus per-resolution offsets where cross-validation
+wants them) is fitted on half of them and judged on the other half (MAPE and Kendall tau, raw and corrected),
+then refitted on all.
 """
 
 from __future__ import annotations
@@ -330,25 +331,53 @@ class MemberCheck:
 
     def fit(self, seed: int = 0) -> Correction:
         """Fit on a random half, report MAPE / Kendall tau raw and corrected on the other half, then refit
-        on all members (the returned correction)."""
+        on all members (the returned correction). Per-resolution offsets are used when 5-fold
+        cross-validation on the fitting half ranks its members better with them (`wants_offsets`)."""
         from .accuracy import kendall_tau
 
         n = len(self.archs)
+        r = np.array([a.r for a in self.archs])
         order = np.random.default_rng(seed).permutation(n)
         fit_idx, test_idx = order[: n // 2], order[n // 2:]
-        half = Correction.fit(self.lut_ms[fit_idx], self.n_blocks[fit_idx], self.measured_ms[fit_idx])
-        corr = half.apply(self.lut_ms[test_idx], self.n_blocks[test_idx])
+        offsets, cv = self.wants_offsets(fit_idx, seed)
+        half = Correction.fit(self.lut_ms[fit_idx], self.n_blocks[fit_idx], self.measured_ms[fit_idx],
+                              r[fit_idx] if offsets else None)
+        corr = half.apply(self.lut_ms[test_idx], self.n_blocks[test_idx], r[test_idx])
         true = self.measured_ms[test_idx]
-        full = Correction.fit(self.lut_ms, self.n_blocks, self.measured_ms)
+        full = Correction.fit(self.lut_ms, self.n_blocks, self.measured_ms, r if offsets else None)
         self.report = {
             "members": n, "held_out": len(test_idx),
             "mape_raw": round(mape(self.lut_ms[test_idx], true), 2), "mape_corrected": round(mape(corr, true), 2),
             "tau_raw": round(kendall_tau(self.lut_ms[test_idx], true), 4),
             "tau_corrected": round(kendall_tau(corr, true), 4),
+            "resolution_offsets": offsets, "cv_tau_global": cv[0], "cv_tau_offsets": cv[1],
             "measured_min_ms": round(float(self.measured_ms.min()), 3),
             "measured_max_ms": round(float(self.measured_ms.max()), 3),
         }
         return full
+
+    def wants_offsets(self, idx: np.ndarray, seed: int = 0, folds: int = 5,
+                      min_per_resolution: int = 5) -> tuple[bool, tuple[float | None, float | None]]:
+        """Whether per-resolution offsets rank the members `idx` better than one intercept, by the Kendall
+        tau of 5-fold out-of-fold predictions; never with fewer than `min_per_resolution` members of some
+        resolution. Returns (decision, (cv tau global, cv tau with offsets))."""
+        from .accuracy import kendall_tau
+
+        r = np.array([a.r for a in self.archs])[idx]
+        counts = np.unique(r, return_counts=True)[1]
+        if len(counts) < 2 or counts.min() < min_per_resolution or len(idx) < 2 * folds:
+            return False, (None, None)
+        lut, nb, y = self.lut_ms[idx], self.n_blocks[idx], self.measured_ms[idx]
+        chunks = np.array_split(np.random.default_rng(seed + 1).permutation(len(idx)), folds)
+        taus = []
+        for with_offsets in (False, True):
+            pred = np.empty(len(idx))
+            for k, test in enumerate(chunks):
+                train = np.concatenate([c for j, c in enumerate(chunks) if j != k])
+                corr = Correction.fit(lut[train], nb[train], y[train], r[train] if with_offsets else None)
+                pred[test] = corr.apply(lut[test], nb[test], r[test])
+            taus.append(round(kendall_tau(pred, y), 4))
+        return taus[1] > taus[0], (taus[0], taus[1])
 
 
 def time_members(net, archs: Sequence[Arch], context: str, runs: int | None = None, warmup: int = 5,
