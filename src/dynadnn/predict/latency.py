@@ -15,7 +15,8 @@ one gather and one masked sum in numpy (10^4 architectures in about a millisecon
 
 A LUT sum misses what happens between layers (framework dispatch, memory traffic between ops), which
 dominates small networks on a CPU; a per-context `Correction` (linear in the LUT sum and the number of
-blocks, fitted on whole members measured on the device) absorbs it.
+blocks, with an offset per resolution where cross-validation wants one, fitted on whole members measured on
+the device) absorbs it.
 """
 
 from __future__ import annotations
