@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from ..space import Arch, SearchSpace
-from .latency import Correction, Layer, LatencyTable, arch_layers, space_layers
+from .latency import Correction, Layer, LatencyTable, space_layers
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -96,23 +95,6 @@ class Timing:
         return {"count": self.count, "mean": self.median, "std": self.std, "p95": self.p95, "arith_mean": self.mean}
 
 
-def time_call(fn: Callable[[], Any], runs: int, warmup: int, device: str = "cpu") -> Timing:
-    """Batch-1 wall time of `fn()` in ms; CUDA work is synchronised around every run."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    arr = np.asarray(samples)
-    return Timing(float(np.median(arr)), float(np.percentile(arr, 95)), float(arr.mean()),
-                  float(arr.std()), len(samples))
-
-
 def time_interleaved(calls: Sequence[Callable[[], Any]], runs: int, warmup: int, device: str = "cpu",
                      progress=None, window: int = 10, burst: int = 1) -> list[Timing]:
     """Time many callables round-robin, a turn of each in turn until each has `runs` timed runs, and take
@@ -176,9 +158,6 @@ def speed_normalised_medians(who: np.ndarray, seq: np.ndarray, n: int, window: i
     return med
 
 
-BACKENDS = ("torch", "ort")
-
-
 def resolve_backend(backend: str, device: str) -> str:
     """`auto` is ONNX Runtime on the CPU (what the runtime serves there: it was faster for every member
     measured here) and PyTorch on CUDA; ONNX Runtime is CPU-only here."""
@@ -186,6 +165,8 @@ def resolve_backend(backend: str, device: str) -> str:
 
     if backend == "auto":
         return "torch" if device.startswith("cuda") else "ort"
+    from ..supernet.export import BACKENDS
+
     if backend not in BACKENDS:
         raise UserError(f"backend '{backend}': expected auto, torch or ort")
     if backend == "ort" and device != "cpu":
@@ -226,13 +207,6 @@ def _runner(module: nn.Module, shape: Sequence[int], device: str, backend: str =
         with torch.inference_mode():
             return module(x)
     return call
-
-
-def time_module(module: nn.Module, shape: Sequence[int], runs: int, warmup: int, device: str = "cpu") -> Timing:
-    module = module.to(device).eval()
-    x = torch.randn(*shape, device=device)
-    with torch.inference_mode():
-        return time_call(lambda: module(x), runs, warmup, device)
 
 
 def system_load() -> dict[str, float]:
@@ -329,6 +303,10 @@ class MemberCheck:
     n_blocks: np.ndarray
     report: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def resolutions(self) -> np.ndarray:
+        return np.array([a.r for a in self.archs])
+
     def fit(self, seed: int = 0) -> Correction:
         """Fit on a random half, report MAPE / Kendall tau raw and corrected on the other half, then refit
         on all members (the returned correction). Per-resolution offsets are used when 5-fold
@@ -336,7 +314,7 @@ class MemberCheck:
         from .accuracy import kendall_tau
 
         n = len(self.archs)
-        r = np.array([a.r for a in self.archs])
+        r = self.resolutions
         order = np.random.default_rng(seed).permutation(n)
         fit_idx, test_idx = order[: n // 2], order[n // 2:]
         offsets, cv = self.wants_offsets(fit_idx, seed)
@@ -363,7 +341,7 @@ class MemberCheck:
         resolution. Returns (decision, (cv tau global, cv tau with offsets))."""
         from .accuracy import kendall_tau
 
-        r = np.array([a.r for a in self.archs])[idx]
+        r = self.resolutions[idx]
         counts = np.unique(r, return_counts=True)[1]
         if len(counts) < 2 or counts.min() < min_per_resolution or len(idx) < 2 * folds:
             return False, (None, None)
@@ -415,7 +393,3 @@ def check_members(net, table: LatencyTable, n: int = 100, seed: int = 0, runs: i
     nblk = np.array([len(space.active_blocks(a)) for a in archs], dtype=float)
     return MemberCheck(table.context, archs, np.array([t.median for t in timings]), np.array([t.p95 for t in timings]),
                        lut, nblk)
-
-
-def statistics_summary(values: Sequence[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}

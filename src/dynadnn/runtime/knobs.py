@@ -24,10 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..supernet.export import export_onnx, ort_session
+from ..supernet.export import BACKENDS, export_onnx, ort_session
 from .options import Option
-
-BACKENDS = ("torch", "ort")
 
 
 def resize(x: Tensor, r: int) -> Tensor:

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+BACKENDS = ("torch", "ort")  # what serves a member on the CPU: PyTorch (TorchScript or eager) or ONNX Runtime
+
 
 def export_onnx(model: torch.nn.Module, r: int, in_channels: int) -> bytes:
     """A member as an ONNX graph (opset 17, dynamic batch), its global poolings made single ops."""
