@@ -15,7 +15,11 @@ Prints a table, then one JSON object as the last line:
   sweep_failed: budgets where the sweep found no feasible initial population (its value is null there).
 Targets (issue 4): ours >= sweep - 0.1 points at every budget; time_ours_s <= time_sweep_s / 20.
 
-Usage: python benchmarks/search.py [--quick] [--reference DIR] [--seed N] [--repeats N]
+With --seeds N the benchmark runs N seeds (from --seed) and adds, across them: budgets met per seed, seeds
+with all 16, mean difference per budget, and the sweep measured against itself at another seed (how much of
+the per-budget target is the sweep's own seed-to-seed spread). The keys above are then the first seed's.
+
+Usage: python benchmarks/search.py [--quick] [--reference DIR] [--seed N] [--seeds N] [--repeats N]
 (--quick runs the same comparison with 2 runs of ours instead of 4; the whole benchmark fits in a minute.)
 """
 
@@ -99,38 +103,13 @@ def run_interleaved(budgets: dict[str, list[float]], seed: int, make_problem, re
     return (ours, p_ours, t_ours), (picks, np.array(accs), lat, p_sweep, t_sweep)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="same comparison, 2 runs of ours instead of 4 (under a minute)")
-    ap.add_argument("--reference", help="shared reference directory (default: $DYNADNN_REFERENCE or ../shared/reference)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="runs of ours, spread among the sweep's runs; its time is their mean (default 4, 2 with --quick)")
-    args = ap.parse_args()
-    if args.repeats is None:
-        args.repeats = 2 if args.quick else 4
-    torch.set_num_threads(1)
-    ref = find_reference(args.reference)
-    space = load_space("ofa_mbv3_w1.2")
-    acc = reference_predictor(ref, space)
-    tables = {"jetson_gpu": reference_table(ref, "jetson_gpu", space), "jetson_cpu": reference_table(ref, "jetson_cpu", space)}
-    budgets = {"jetson_gpu": GPU_BUDGETS, "jetson_cpu": CPU_BUDGETS}
-    # import pymoo's modules before timing (a one-off ~1 s import is not search time)
-    import pymoo.indicators.hv  # noqa: F401
-    import pymoo.operators.survival.rank_and_crowding.metrics  # noqa: F401
-    import pymoo.util.nds.non_dominated_sorting  # noqa: F401
-
-    # one small run of each searcher first, on a throw-away problem: first calls (torch's dispatcher, numpy's
-    # and pymoo's code paths) are one-off start-up costs, not search time, and would land on whichever runs first
-    warm = SearchProblem.from_predictors(acc, tables)
-    NSGA2Search(budgets=budgets, population=20, generations=2, refine_generations=2).search(warm)
-    EvolutionSweep({"jetson_gpu": [30.5]}, population=20, generations=2).search(warm)
-
+def run_seed(seed: int, acc, tables: dict, budgets: dict[str, list[float]], repeats: int, show: bool = True) -> dict:
+    """One side-by-side comparison at one seed (both searchers get it); the benchmark's JSON keys."""
     (ours, p_ours, t_ours), (sweep_picks, sweep_acc, sweep_lat, p_sweep, time_sweep) = run_interleaved(
-        budgets, args.seed, lambda: SearchProblem.from_predictors(acc, tables), args.repeats)
+        budgets, seed, lambda: SearchProblem.from_predictors(acc, tables), repeats)
     time_ours = float(np.mean(t_ours))
 
-    out: dict = {}
+    out: dict = {"seed": seed}
     rows = []
     for ctx, key in (("jetson_gpu", "gpu"), ("jetson_cpu", "cpu")):
         o, s = {}, {}
@@ -154,15 +133,93 @@ def main() -> int:
     out["budgets_within_0.1"] = sum(d >= -0.1 for d in diffs) + sum(r[2] is not None and r[3] is None for r in rows)
     out["sweep_failed"] = [f"{ctx}:{name}" for ctx, name, _, s in rows if s is None]
     out["speedup"] = round(time_sweep / time_ours, 1)
+    if show:
+        print(f"{'context':11s} {'budget':>7s} {'ours %':>8s} {'sweep %':>8s} {'diff':>7s}")
+        for ctx, name, o, s in rows:
+            nan = float("nan")
+            diff = o - s if o is not None and s is not None else nan
+            print(f"{ctx:11s} {name:>7s} {o if o is not None else nan:8.3f} {s if s is not None else nan:8.3f} {diff:+7.3f}")
+        print(f"hypervolume (normalised): ours {out['hv_ours']:.4f}  sweep {out['hv_sweep']:.4f}")
+        print(f"time: ours {time_ours:.2f} s ({p_ours.evaluations} predictions, archive {len(ours.genes)})  "
+              f"sweep {time_sweep:.2f} s ({p_sweep.evaluations} predictions)  speed-up {out['speedup']}x")
+    return out
 
-    print(f"{'context':11s} {'budget':>7s} {'ours %':>8s} {'sweep %':>8s} {'diff':>7s}")
-    for ctx, name, o, s in rows:
-        nan = float("nan")
-        diff = o - s if o is not None and s is not None else nan
-        print(f"{ctx:11s} {name:>7s} {o if o is not None else nan:8.3f} {s if s is not None else nan:8.3f} {diff:+7.3f}")
-    print(f"hypervolume (normalised): ours {out['hv_ours']:.4f}  sweep {out['hv_sweep']:.4f}")
-    print(f"time: ours {time_ours:.2f} s ({p_ours.evaluations} predictions, archive {len(ours.genes)})  "
-          f"sweep {time_sweep:.2f} s ({p_sweep.evaluations} predictions)  speed-up {out['speedup']}x")
+
+def _values(out: dict, who: str) -> np.ndarray:
+    return np.array([np.nan if v is None else v for k in ("gpu", "cpu") for v in out[f"{who}_{k}"].values()])
+
+
+def _met(x: np.ndarray, ref: np.ndarray) -> int:
+    """Budgets where x >= ref - 0.1 (one the reference found nothing for counts as met, as above)."""
+    return int(np.sum(np.where(np.isnan(ref), ~np.isnan(x), np.nan_to_num(x, nan=-np.inf) >= ref - 0.1)))
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Across seeds: how often ours meets the target at its own seed, and, for scale, how often the sweep
+    meets it against itself run at another seed (which says how much of the target is the sweep's luck)."""
+    ours = [_values(r, "ours") for r in runs]
+    sweep = [_values(r, "sweep") for r in runs]
+    n = len(runs)
+    cross_sweep = [_met(sweep[a], sweep[b]) for a in range(n) for b in range(n) if a != b]
+    cross_ours = [_met(ours[a], sweep[b]) for a in range(n) for b in range(n) if a != b]
+    diff = np.nanmean(np.array(ours) - np.array(sweep), axis=0)
+    names = [f"{k}:{b}" for k in ("gpu", "cpu") for b in runs[0][f"ours_{k}"]]
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "budgets_within_0.1_per_seed": [r["budgets_within_0.1"] for r in runs],
+        "seeds_all_16": sum(r["budgets_within_0.1"] == 16 for r in runs),
+        "speedup_per_seed": [r["speedup"] for r in runs],
+        "sweep_vs_other_seed_sweep_mean": round(float(np.mean(cross_sweep)), 2) if cross_sweep else None,
+        "sweep_vs_other_seed_sweep_all_16": sum(m == 16 for m in cross_sweep),
+        "ours_vs_other_seed_sweep_mean": round(float(np.mean(cross_ours)), 2) if cross_ours else None,
+        "ours_vs_other_seed_sweep_all_16": sum(m == 16 for m in cross_ours),
+        "pairs": len(cross_sweep),
+        "mean_diff_per_budget": dict(zip(names, np.round(diff, 3).tolist())),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="same comparison, 2 runs of ours instead of 4 (under a minute)")
+    ap.add_argument("--reference", help="shared reference directory (default: $DYNADNN_REFERENCE or ../shared/reference)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="run N seeds from --seed (each ~40 s) and add a summary across them to the JSON")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs of ours, spread among the sweep's runs; its time is their mean (default 4, 2 with --quick)")
+    args = ap.parse_args()
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 4
+    torch.set_num_threads(1)
+    ref = find_reference(args.reference)
+    space = load_space("ofa_mbv3_w1.2")
+    acc = reference_predictor(ref, space)
+    tables = {"jetson_gpu": reference_table(ref, "jetson_gpu", space), "jetson_cpu": reference_table(ref, "jetson_cpu", space)}
+    budgets = {"jetson_gpu": GPU_BUDGETS, "jetson_cpu": CPU_BUDGETS}
+    # import pymoo's modules before timing (a one-off ~1 s import is not search time)
+    import pymoo.indicators.hv  # noqa: F401
+    import pymoo.operators.survival.rank_and_crowding.metrics  # noqa: F401
+    import pymoo.util.nds.non_dominated_sorting  # noqa: F401
+
+    # one small run of each searcher first, on a throw-away problem: first calls (torch's dispatcher, numpy's
+    # and pymoo's code paths) are one-off start-up costs, not search time, and would land on whichever runs first
+    warm = SearchProblem.from_predictors(acc, tables)
+    NSGA2Search(budgets=budgets, population=20, generations=2, refine_generations=2).search(warm)
+    EvolutionSweep({"jetson_gpu": [30.5]}, population=20, generations=2).search(warm)
+
+    if args.seeds is None:
+        out = run_seed(args.seed, acc, tables, budgets, args.repeats)
+    else:
+        runs = []
+        for seed in range(args.seed, args.seed + args.seeds):
+            runs.append(run_seed(seed, acc, tables, budgets, args.repeats, show=False))
+            r = runs[-1]
+            print(f"seed {seed}: {r['budgets_within_0.1']}/16 budgets within 0.1 (min diff {r['min_diff']:+.3f}), "
+                  f"speed-up {r['speedup']}x", flush=True)
+        out = {**runs[0], **summarise(runs)}
+        print(f"seeds with all 16 budgets: {out['seeds_all_16']} of {args.seeds}; the sweep against itself at "
+              f"another seed meets {out['sweep_vs_other_seed_sweep_mean']} of 16 on average "
+              f"(all 16 in {out['sweep_vs_other_seed_sweep_all_16']} of {out['pairs']} pairs)")
     print(json.dumps(out))
     return 0
 
