@@ -190,6 +190,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.repeats is None:
         args.repeats = 2 if args.quick else 4
+    if args.repeats < 1 or (args.seeds is not None and args.seeds < 1):
+        ap.error("--repeats and --seeds must be at least 1")
     torch.set_num_threads(1)
     ref = find_reference(args.reference)
     space = load_space("ofa_mbv3_w1.2")
