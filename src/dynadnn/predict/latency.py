@@ -244,18 +244,22 @@ class LatencyTable:
     def lut_sum_genes(self, genes: np.ndarray, coding: GeneCoding | None = None) -> np.ndarray:
         """Raw sum of layer means (ms) for each gene row."""
         coding = coding or self.coding()
+        return self._lut_sum(genes, coding, coding.block_mask(genes))
+
+    def _lut_sum(self, genes: np.ndarray, coding: GeneCoding, mask: np.ndarray) -> np.ndarray:
         k, e, _, r = coding.split(genes)
         ri = self._r_map(coding)[r]
         per_block = self.block_ms[ri[:, None], np.arange(coding.nb)[None, :], k, e]
-        return self.fixed_ms[ri] + (per_block * coding.block_mask(genes)).sum(1)
+        return self.fixed_ms[ri] + (per_block * mask).sum(1)
 
     def predict_genes(self, genes: np.ndarray, coding: GeneCoding | None = None, corrected: bool = True) -> np.ndarray:
         """Predicted latency (ms) per gene row; with the context's correction when it has one."""
         coding = coding or self.coding()
-        raw = self.lut_sum_genes(genes, coding)
+        mask = coding.block_mask(genes)  # once: the search calls this on 10^4 rows at a time
+        raw = self._lut_sum(genes, coding, mask)
         if corrected and self.correction is not None:
             r = np.asarray(coding.resolutions)[coding.split(genes)[3]]
-            return self.correction.apply(raw, coding.block_mask(genes).sum(1), r)
+            return self.correction.apply(raw, mask.sum(1), r)
         return raw
 
     def predict(self, archs: Sequence[Arch] | Arch, corrected: bool = True) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..space import Arch, SearchSpace
 from .latency import Correction, Layer, LatencyTable, space_layers
 
@@ -161,12 +162,10 @@ def speed_normalised_medians(who: np.ndarray, seq: np.ndarray, n: int, window: i
 def resolve_backend(backend: str, device: str) -> str:
     """`auto` is ONNX Runtime on the CPU (what the runtime serves there: it was faster for every member
     measured here) and PyTorch on CUDA; ONNX Runtime is CPU-only here."""
-    from ..errors import UserError
+    from ..supernet.export import BACKENDS
 
     if backend == "auto":
         return "torch" if device.startswith("cuda") else "ort"
-    from ..supernet.export import BACKENDS
-
     if backend not in BACKENDS:
         raise UserError(f"backend '{backend}': expected auto, torch or ort")
     if backend == "ort" and device != "cpu":
@@ -182,6 +181,14 @@ def resolve_backend(backend: str, device: str) -> str:
 # 600 runs 0.94. PyTorch keeps session 4's protocol (300 / 150 runs, one per turn), which met tau 0.93.
 DEFAULT_RUNS = {"ort": {"layer_runs": 1200, "layer_burst": 16, "member_runs": 600, "member_burst": 4},
                 "torch": {"layer_runs": 300, "layer_burst": 1, "member_runs": 150, "member_burst": 1}}
+
+
+def _timing_plan(backend: str, device: str, kind: str, runs: int | None, burst: int | None) -> tuple[str, int, int]:
+    """(backend, runs, burst) for timing `kind` ("layer" or "member"): the caller's, else `DEFAULT_RUNS`."""
+    backend = resolve_backend(backend, device)
+    defaults = DEFAULT_RUNS[backend]
+    return (backend, defaults[f"{kind}_runs"] if runs is None else runs,
+            defaults[f"{kind}_burst"] if burst is None else burst)
 
 
 def _runner(module: nn.Module, shape: Sequence[int], device: str, backend: str = "torch",
@@ -219,8 +226,6 @@ def system_load() -> dict[str, float]:
 
 def context_device(context: str) -> tuple[str, int]:
     """(`cpu` or `cuda`, threads) for a local context name: `cpu:1t`, `cpu:2t`, `cuda`."""
-    from ..errors import UserError
-
     if context == "cuda" or context.startswith("cuda:"):
         return "cuda", 1
     if context.startswith("cpu:") and context.endswith("t") and context[4:-1].isdigit() and int(context[4:-1]) > 0:
@@ -236,9 +241,7 @@ def profile_layers(space: SearchSpace, context: str, resolutions: Sequence[int] 
     `resolve_backend`; runs and burst default per backend, `DEFAULT_RUNS`). Returns (entries per
     resolution, meta with the backend and the system load before and after)."""
     device, threads = context_device(context)
-    backend = resolve_backend(backend, device)
-    runs = DEFAULT_RUNS[backend]["layer_runs"] if runs is None else runs
-    burst = DEFAULT_RUNS[backend]["layer_burst"] if burst is None else burst
+    backend, runs, burst = _timing_plan(backend, device, "layer", runs, burst)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -364,9 +367,7 @@ def time_members(net, archs: Sequence[Arch], context: str, runs: int | None = No
     """Batch-1 latency of each member as the runtime runs it: extracted from the super-network, BN folded,
     on `backend` (`resolve_backend`; runs and burst default per backend, `DEFAULT_RUNS`)."""
     device, threads = context_device(context)
-    backend = resolve_backend(backend, device)
-    runs = DEFAULT_RUNS[backend]["member_runs"] if runs is None else runs
-    burst = DEFAULT_RUNS[backend]["member_burst"] if burst is None else burst
+    backend, runs, burst = _timing_plan(backend, device, "member", runs, burst)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
