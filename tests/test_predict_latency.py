@@ -152,6 +152,29 @@ def test_fastest_is_no_slower_than_any_sample(tables):
     assert table.predict(arch)[0] == pytest.approx(lat)
 
 
+def test_slot_costs_give_the_latency_change_of_a_kernel_expand_change(tables):
+    """What the search's repair relies on: one active slot's (kernel, expand) change moves the predicted
+    latency by the difference of its two slot-cost entries, with a correction's scale included."""
+    import dataclasses
+
+    corrected = dataclasses.replace(tables["jetson_cpu"], correction=Correction(1.7, 0.4, 3.0, {}))
+    for table in (tables["jetson_gpu"], corrected):
+        coding = table.coding()
+        rng = np.random.default_rng(1)
+        g = coding.canonical(coding.random(rng, 300))
+        costs = table.slot_costs_genes(g, coding)
+        assert costs.shape == (300, coding.nb, 9)
+        mask = coding.block_mask(g)
+        rows = np.arange(300)
+        slot = np.array([rng.choice(np.flatnonzero(m)) for m in mask])  # one active slot per row
+        new = rng.integers(0, 9, size=300)
+        h = g.copy()
+        h[rows, slot], h[rows, coding.nb + slot] = new // 3, new % 3
+        cur = g[rows, slot] * 3 + g[rows, coding.nb + slot]
+        np.testing.assert_allclose(table.predict_genes(h, coding) - table.predict_genes(g, coding),
+                                   costs[rows, slot, new] - costs[rows, slot, cur], atol=1e-9)
+
+
 def test_gene_onehot_equals_space_encoding():
     for space in (W12, load_space("tiny")):
         coding = GeneCoding(space)

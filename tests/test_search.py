@@ -8,8 +8,8 @@ import pytest
 from dynadnn.errors import UserError
 from dynadnn.family import pick_spread
 from dynadnn.predict import reference_predictor, reference_table
-from dynadnn.search import (BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, _niche_evolution, hypervolume,
-                            pareto_mask)
+from dynadnn.search import (BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, _niche_evolution, _repair,
+                            _slot_values, hypervolume, pareto_mask)
 from dynadnn.space import load_space
 
 W12 = load_space("ofa_mbv3_w1.2")
@@ -111,3 +111,61 @@ def test_niche_phase_predicts_only_fresh_children_that_meet_a_budget(predictors)
     np.testing.assert_allclose(a[len(init):], p.evaluate(kids)[0])  # the surrogate only ranks; stored = predictor
     for c, b in niches:  # each niche's best can only improve
         assert a[l[:, c] <= b].max() >= acc[lat[:, c] <= b].max()
+
+
+def test_repair_changes_few_active_kernels_and_expands_and_saves_what_the_costs_say(predictors):
+    p = problem(predictors)
+    coding, nb = p.coding, p.coding.nb
+    rng = np.random.default_rng(3)
+    g = coding.canonical(coding.random(rng, 400))
+    lat = p.latencies(g)[:, 1]  # jetson_cpu
+    excess = lat * rng.uniform(-0.02, 0.08, size=len(g))  # a few rows already within budget
+    costs = p.slot_costs["jetson_cpu"](g)
+    values = _slot_values(coding, rng.normal(size=(len(g), coding.space.encoding_size)))
+    fixed = _repair(coding, g, costs, excess, values, moves=3)
+    np.testing.assert_array_equal(fixed[:, 2 * nb:], g[:, 2 * nb:])  # depths and resolution kept
+    changed = (fixed[:, :nb] != g[:, :nb]) | (fixed[:, nb:2 * nb] != g[:, nb:2 * nb])
+    assert not (changed & ~coding.block_mask(g)).any()  # only slots that run
+    assert changed.sum(1).max() <= 3
+    assert not changed[excess <= 0].any()  # nothing to fix, nothing changed
+    new_lat = p.latencies(fixed)[:, 1]
+    saved = (costs[np.arange(len(g))[:, None], np.arange(nb)[None, :], g[:, :nb] * 3 + g[:, nb:2 * nb]]
+             - costs[np.arange(len(g))[:, None], np.arange(nb)[None, :], fixed[:, :nb] * 3 + fixed[:, nb:2 * nb]])
+    np.testing.assert_allclose(lat - new_lat, saved.sum(1), atol=1e-9)
+    assert np.all(new_lat <= lat + 1e-9)
+    over = excess > 0
+    assert (new_lat[over] <= (lat - excess)[over]).mean() > 0.5  # most near-budget rows now fit
+
+
+def test_repair_takes_the_change_that_loses_least_per_ms():
+    from dynadnn.predict.genes import GeneCoding
+
+    coding = GeneCoding(W12, (224,))
+    g = np.zeros((1, coding.n_genes), dtype=np.int64)
+    g[0, 2 * coding.nb:2 * coding.nb + coding.ns] = 2  # every slot runs
+    g[0, :coding.nb], g[0, coding.nb:2 * coding.nb] = 2, 2  # kernel 7, expand 6 everywhere (choice 8)
+    costs = np.tile(np.arange(9, dtype=float), (1, coding.nb, 1))  # choice c costs c ms in every slot
+    values = np.zeros((1, coding.nb, 9))
+    values[0, :, :8] = -1.0  # leaving choice 8 loses 1 point per slot...
+    values[0, 5, 7] = -0.1  # ...except slot 5's move to choice 7: 0.1 per ms
+    fixed = _repair(coding, g, costs, np.array([0.5]), values, moves=3)
+    changed = np.flatnonzero((fixed[0, :coding.nb] != 2) | (fixed[0, coding.nb:2 * coding.nb] != 2))
+    assert changed.tolist() == [5] and fixed[0, 5] * 3 + fixed[0, coding.nb + 5] == 7
+
+
+def test_niche_phase_repairs_only_when_every_context_has_slot_costs(predictors, monkeypatch):
+    import dynadnn.search as search
+
+    calls = []
+    real = search._repair
+    monkeypatch.setattr(search, "_repair", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    for costs, expect in ((True, True), (False, False)):
+        p = problem(predictors)
+        if not costs:
+            p.slot_costs = {"jetson_cpu": p.slot_costs["jetson_cpu"]}  # one context lacks them
+        init = p.coding.canonical(p.coding.random(rng, 300))
+        acc, lat = p.evaluate(init)
+        calls.clear()
+        _niche_evolution(p, init, acc, lat, [(0, 22.0), (1, 1400.0)], NSGA2Search(refine_generations=4), rng)
+        assert bool(calls) == expect

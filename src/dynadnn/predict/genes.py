@@ -11,6 +11,7 @@ never needs repair or rejection.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -63,10 +64,15 @@ class GeneCoding:
     def block_mask(self, genes: np.ndarray) -> np.ndarray:
         """[n, nb] booleans: which block slots each architecture runs."""
         _, _, d, _ = self.split(genes)
-        depth = np.asarray(self.space.d_choices)[d]  # [n, ns]
-        pos = np.arange(self.nb) % self.space.max_depth
-        stage = np.arange(self.nb) // self.space.max_depth
-        return pos[None, :] < depth[:, stage]
+        depths, pos, stage = self._slot_layout
+        return pos[None, :] < depths[d][:, stage]
+
+    @cached_property
+    def _slot_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(depth per depth index, each slot's position in its stage, each slot's stage): block_mask runs on
+        every candidate batch of a search, so these are built once."""
+        s = self.space
+        return np.asarray(s.d_choices), np.arange(self.nb) % s.max_depth, np.arange(self.nb) // s.max_depth
 
     # --- conversion -----------------------------------------------------------------------------
     def encode(self, archs: Sequence[Arch]) -> np.ndarray:

@@ -216,6 +216,7 @@ class LatencyTable:
                     for ei, layer in enumerate(per_e):
                         self.block_ms[ri, b, ki, ei] = self._mean(table, layer, r)
         self._r_pos = {r: i for i, r in enumerate(self.resolutions)}
+        self._r_maps: dict[tuple[int, ...], np.ndarray] = {}
 
     def _mean(self, table: Mapping[str, Mapping[str, float]], layer: Layer, r: int) -> float:
         entry = table.get(layer.key)
@@ -234,12 +235,17 @@ class LatencyTable:
         return GeneCoding(self.space, self.resolutions)
 
     def _r_map(self, coding: GeneCoding) -> np.ndarray:
+        """Row of `block_ms` / `fixed_ms` for each of the coding's resolution indices."""
+        cached = self._r_maps.get(coding.resolutions)
+        if cached is not None:
+            return cached
         missing = [r for r in coding.resolutions if r not in self._r_pos]
         if missing:
             raise UserError(f"{self.source}: latency table '{self.context}' has no entries for resolution "
                             f"{missing[0]} (file {missing[0]}_lookup_table.json); it covers "
                             f"{self.resolutions[0]}..{self.resolutions[-1]}")
-        return np.array([self._r_pos[r] for r in coding.resolutions])
+        self._r_maps[coding.resolutions] = out = np.array([self._r_pos[r] for r in coding.resolutions])
+        return out
 
     def lut_sum_genes(self, genes: np.ndarray, coding: GeneCoding | None = None) -> np.ndarray:
         """Raw sum of layer means (ms) for each gene row."""
@@ -249,7 +255,8 @@ class LatencyTable:
     def _lut_sum(self, genes: np.ndarray, coding: GeneCoding, mask: np.ndarray) -> np.ndarray:
         k, e, _, r = coding.split(genes)
         ri = self._r_map(coding)[r]
-        per_block = self.block_ms[ri[:, None], np.arange(coding.nb)[None, :], k, e]
+        nb, nk, ne = self.block_ms.shape[1:]
+        per_block = self.block_ms.reshape(-1)[((ri[:, None] * nb + np.arange(nb)[None, :]) * nk + k) * ne + e]
         return self.fixed_ms[ri] + (per_block * mask).sum(1)
 
     def predict_genes(self, genes: np.ndarray, coding: GeneCoding | None = None, corrected: bool = True) -> np.ndarray:
@@ -261,6 +268,17 @@ class LatencyTable:
             r = np.asarray(coding.resolutions)[coding.split(genes)[3]]
             return self.correction.apply(raw, mask.sum(1), r)
         return raw
+
+    def slot_costs_genes(self, genes: np.ndarray, coding: GeneCoding | None = None) -> np.ndarray:
+        """[n, block slots, kernels x expands] ms: what each slot would cost under each of its (kernel,
+        expand) choices, at each row's resolution, scaled as the correction scales a LUT sum. Changing one
+        active slot's choice moves the predicted latency by the difference of two entries (the correction's
+        other terms depend on depth and resolution only), so a search can bring an over-budget candidate within
+        budget without predicting it again after every change."""
+        coding = coding or self.coding()
+        ri = self._r_map(coding)[coding.split(genes)[3]]
+        scale = self.correction.a if self.correction is not None else 1.0
+        return self.block_ms[ri].reshape(len(ri), coding.nb, -1) * scale
 
     def predict(self, archs: Sequence[Arch] | Arch, corrected: bool = True) -> np.ndarray:
         archs = [archs] if isinstance(archs, Arch) else list(archs)
