@@ -13,9 +13,9 @@ missed.
   (latency is a table look-up, ~20x cheaper than the accuracy MLP) and, among those, to the ones a local
   linear model of the predictor ranks highest. A child slightly over its budget is not just dropped: a
   repair changes the (kernel, expand) of a few slots, cheapest in predicted accuracy per ms saved first,
-  until it fits (constructive feasibility; it needs each context's per-slot costs). An optional batched local search (`polish_rounds`) then tries
-  all one-step moves and compound moves (one that gains accuracy plus the cheapest latency savings that
-  bring it back within budget) from each budget's pick.
+  until it fits (constructive feasibility; it needs each context's per-slot costs). An optional batched
+  local search (`polish_rounds`) then tries all one-step moves and compound moves (one that gains accuracy
+  plus the cheapest latency savings that bring it back within budget) from each budget's pick.
 * `EvolutionSweep`: Dynamic-OFA's procedure, kept faithful as the baseline: OFA's regularised evolution
   (population 100, 500 generations, 25 % parents, half mutation half crossover, mutation probability 0.1),
   one run per latency budget and context, feasibility by re-drawing infeasible children; with a retry cap
@@ -468,6 +468,7 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
     n_mut = n_kids // 2 * cfg.refine_draws  # candidates per niche from mutation; the rest from crossover
     n_cross = (n_kids - n_kids // 2) * cfg.refine_draws
     weights = np.zeros((len(niches), coding.space.encoding_size), dtype=np.float32)
+    values = _slot_values(coding, weights)  # the same model per slot choice, for the repair
     lat_fns = list(problem.latency.values())
     for gen in range(cfg.refine_generations):
         live = [j for j, top in enumerate(tops) if len(top)]
