@@ -8,8 +8,8 @@ import pytest
 from dynadnn.errors import UserError
 from dynadnn.family import pick_spread
 from dynadnn.predict import reference_predictor, reference_table
-from dynadnn.search import (BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, _niche_evolution, _repair,
-                            _slot_values, hypervolume, pareto_mask)
+from dynadnn.search import (BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, _linear_scores, _niche_evolution,
+                            _repair, _slot_values, hypervolume, pareto_mask)
 from dynadnn.space import load_space
 
 W12 = load_space("ofa_mbv3_w1.2")
@@ -169,3 +169,14 @@ def test_niche_phase_repairs_only_when_every_context_has_slot_costs(predictors, 
         calls.clear()
         _niche_evolution(p, init, acc, lat, [(0, 22.0), (1, 1400.0)], NSGA2Search(refine_generations=4), rng)
         assert bool(calls) == expect
+
+
+def test_linear_scores_equal_the_dot_product_with_the_one_hot_rows(predictors):
+    coding = problem(predictors).coding
+    rng = np.random.default_rng(5)
+    g = coding.canonical(coding.random(rng, 500))
+    weights = rng.normal(size=(7, coding.space.encoding_size)).astype(np.float32)
+    model = rng.integers(0, 7, size=500)
+    expected = np.einsum("ij,ij->i", coding.onehot(g), weights[model])
+    np.testing.assert_allclose(_linear_scores(coding, g, model, _slot_values(coding, weights), weights), expected,
+                               atol=1e-4)

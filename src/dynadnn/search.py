@@ -495,7 +495,7 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
         if cfg.refine_repair_slack > 0 and set(problem.slot_costs) >= set(problem.contexts):
             cand, owner, own_lat = _with_repaired(problem, cand, owner, own_lat, ctx, budget, values, cfg)
         ok = np.flatnonzero(own_lat <= budget[owner])
-        score = np.einsum("ij,ij->i", coding.onehot(cand[ok]), weights[owner[ok]])
+        score = _linear_scores(coding, cand[ok], owner[ok], values, weights)
         ok = ok[np.argsort(-score, kind="stable")]  # most promising first
         keep = ok[pool.fresh(cand[ok], owner[ok], n_kids)]
         if not len(keep):
@@ -531,6 +531,16 @@ def _with_repaired(problem: SearchProblem, cand: np.ndarray, owner: np.ndarray, 
             fixed_lat[mine] = fn(fixed[mine])
     return (np.concatenate([cand, fixed]), np.concatenate([owner, owner[over]]),
             np.concatenate([own_lat, fixed_lat]))
+
+
+def _linear_scores(coding: GeneCoding, genes: np.ndarray, model: np.ndarray, values: np.ndarray,
+                   weights: np.ndarray) -> np.ndarray:
+    """Each row's score under linear model `model[i]` (`weights` [models, encoding]; `values` the same per
+    slot choice): its running slots' choice values plus its resolution's weight, without one-hot rows."""
+    nb, ne = coding.nb, len(coding.space.e_choices)
+    choice = genes[:, :nb] * ne + genes[:, nb:2 * nb]
+    per_slot = values[model[:, None], np.arange(nb)[None, :], choice]
+    return (per_slot * coding.block_mask(genes)).sum(1) + weights[model, coding.resolution_columns[genes[:, -1]]]
 
 
 def _slot_values(coding: GeneCoding, weights: np.ndarray) -> np.ndarray:

@@ -68,6 +68,13 @@ class GeneCoding:
         return pos[None, :] < depths[d][:, stage]
 
     @cached_property
+    def resolution_columns(self) -> np.ndarray:
+        """The encoding's column for each resolution index of this coding."""
+        s = self.space
+        base = self.nb * (len(s.ks_choices) + len(s.e_choices))
+        return base + np.array([s._r_index(v) for v in self.resolutions])
+
+    @cached_property
     def _slot_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(depth per depth index, each slot's position in its stage, each slot's stage): block_mask runs on
         every candidate batch of a search, so these are built once."""
@@ -124,8 +131,7 @@ class GeneCoding:
         cols_e = nb * nk + np.arange(nb)[None, :] * ne + e
         out[rows, cols_k] = mask
         out[rows, cols_e] = mask
-        r_slot = np.array([s._r_index(v) for v in self.resolutions])[r]
-        out[np.arange(n), nb * (nk + ne) + r_slot] = 1.0
+        out[np.arange(n), self.resolution_columns[r]] = 1.0
         return out
 
     def random(self, rng: np.random.Generator, n: int) -> np.ndarray:
