@@ -469,7 +469,6 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
     n_cross = (n_kids - n_kids // 2) * cfg.refine_draws
     weights = np.zeros((len(niches), coding.space.encoding_size), dtype=np.float32)
     values = _slot_values(coding, weights)  # the same model per slot choice, for the repair
-    lat_fns = list(problem.latency.values())
     for gen in range(cfg.refine_generations):
         live = [j for j, top in enumerate(tops) if len(top)]
         if not live:
@@ -488,10 +487,7 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
             _mutate(mut, rng, coding.upper, coding.nb, coding.ns, cfg.refine_mutate_prob),
             np.where(rng.random(pa.shape) < 0.5, pa, pb)]))
         owner = np.concatenate([np.repeat(live, n_mut), np.repeat(live, n_cross)])
-        own_lat = np.empty(len(cand))
-        for c, fn in enumerate(lat_fns):
-            rows = np.flatnonzero(ctx[owner] == c)
-            own_lat[rows] = fn(cand[rows])
+        own_lat = _per_context(list(problem.latency.values()), cand, ctx[owner])
         if cfg.refine_repair_slack > 0 and set(problem.slot_costs) >= set(problem.contexts):
             cand, owner, own_lat = _with_repaired(problem, cand, owner, own_lat, ctx, budget, values, cfg)
         ok = np.flatnonzero(own_lat <= budget[owner])
@@ -518,38 +514,40 @@ def _with_repaired(problem: SearchProblem, cand: np.ndarray, owner: np.ndarray, 
     if not len(over):
         return cand, owner, own_lat
     rows, c_over = cand[over], ctx[owner[over]]
-    by_ctx = [np.flatnonzero(c_over == c) for c in range(len(problem.contexts))]
-    costs = np.empty(rows.shape[:1] + values.shape[1:])
-    for mine, name in zip(by_ctx, problem.contexts):
-        if len(mine):
-            costs[mine] = problem.slot_costs[name](rows[mine])
+    costs = _per_context([problem.slot_costs[name] for name in problem.contexts], rows, c_over)
     fixed = _repair(problem.coding, rows, costs, own_lat[over] - budget[owner[over]], values[owner[over]],
                     cfg.refine_repair_moves)
-    fixed_lat = np.empty(len(over))
-    for mine, fn in zip(by_ctx, problem.latency.values()):
-        if len(mine):
-            fixed_lat[mine] = fn(fixed[mine])
+    fixed_lat = _per_context(list(problem.latency.values()), fixed, c_over)
     return (np.concatenate([cand, fixed]), np.concatenate([owner, owner[over]]),
             np.concatenate([own_lat, fixed_lat]))
+
+
+def _per_context(fns: Sequence[GeneFn], genes: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """`fns[context[i]](genes[i])` for every row, with one call per context."""
+    out = None
+    for c, fn in enumerate(fns):
+        rows = np.flatnonzero(context == c)
+        if len(rows):
+            part = fn(genes[rows])
+            if out is None:
+                out = np.empty((len(genes),) + part.shape[1:], dtype=part.dtype)
+            out[rows] = part
+    return np.empty(0) if out is None else out
 
 
 def _linear_scores(coding: GeneCoding, genes: np.ndarray, model: np.ndarray, values: np.ndarray,
                    weights: np.ndarray) -> np.ndarray:
     """Each row's score under linear model `model[i]` (`weights` [models, encoding]; `values` the same per
     slot choice): its running slots' choice values plus its resolution's weight, without one-hot rows."""
-    nb, ne = coding.nb, len(coding.space.e_choices)
-    choice = genes[:, :nb] * ne + genes[:, nb:2 * nb]
-    per_slot = values[model[:, None], np.arange(nb)[None, :], choice]
+    per_slot = values[model[:, None], np.arange(coding.nb)[None, :], coding.slot_choices(genes)]
     return (per_slot * coding.block_mask(genes)).sum(1) + weights[model, coding.resolution_columns[genes[:, -1]]]
 
 
 def _slot_values(coding: GeneCoding, weights: np.ndarray) -> np.ndarray:
     """[..., slots, kernels x expands]: a linear model's (on the one-hot encoding) value of each slot choice."""
-    s, nb = coding.space, coding.nb
-    nk, ne = len(s.ks_choices), len(s.e_choices)
-    k = weights[..., np.arange(nb)[:, None] * nk + np.arange(nk)[None, :]]
-    e = weights[..., nb * nk + np.arange(nb)[:, None] * ne + np.arange(ne)[None, :]]
-    return (k[..., :, None] + e[..., None, :]).reshape(*weights.shape[:-1], nb, nk * ne)
+    k_cols, e_cols = coding.slot_columns
+    k, e = weights[..., k_cols], weights[..., e_cols]
+    return (k[..., :, None] + e[..., None, :]).reshape(*weights.shape[:-1], coding.nb, -1)
 
 
 def _repair(coding: GeneCoding, genes: np.ndarray, costs: np.ndarray, excess: np.ndarray, values: np.ndarray,
@@ -563,7 +561,7 @@ def _repair(coding: GeneCoding, genes: np.ndarray, costs: np.ndarray, excess: np
     nb = coding.nb
     n = len(genes)
     r, sl = np.arange(n)[:, None], np.arange(nb)[None, :]
-    cur = genes[:, :nb] * ne + genes[:, nb:2 * nb]
+    cur = coding.slot_choices(genes)
     saved = costs[r, sl, cur][:, :, None] - costs  # ms each change saves
     loss = np.maximum(values[r, sl, cur][:, :, None] - values, 0.0)
     usable = (saved > 1e-12) & coding.block_mask(genes)[:, :, None]

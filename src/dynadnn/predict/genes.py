@@ -120,19 +120,30 @@ class GeneCoding:
 
     def onehot(self, genes: np.ndarray) -> np.ndarray:
         """`SearchSpace.encode_many` for a gene array, without a Python loop over architectures."""
-        s = self.space
         k, e, _, r = self.split(genes)
-        n, nb = k.shape
-        nk, ne = len(s.ks_choices), len(s.e_choices)
+        n = len(k)
         mask = self.block_mask(genes)
-        out = np.zeros((n, s.encoding_size), dtype=np.float32)
-        rows = np.arange(n)[:, None]
-        cols_k = np.arange(nb)[None, :] * nk + k
-        cols_e = nb * nk + np.arange(nb)[None, :] * ne + e
-        out[rows, cols_k] = mask
-        out[rows, cols_e] = mask
+        out = np.zeros((n, self.space.encoding_size), dtype=np.float32)
+        rows, slots = np.arange(n)[:, None], np.arange(self.nb)[None, :]
+        k_cols, e_cols = self.slot_columns
+        out[rows, k_cols[slots, k]] = mask
+        out[rows, e_cols[slots, e]] = mask
         out[np.arange(n), self.resolution_columns[r]] = 1.0
         return out
+
+    @cached_property
+    def slot_columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """([nb, kernels], [nb, expands]): the encoding's column of each slot's kernel and expand choices."""
+        s, nb = self.space, self.nb
+        nk, ne = len(s.ks_choices), len(s.e_choices)
+        return (np.arange(nb)[:, None] * nk + np.arange(nk)[None, :],
+                nb * nk + np.arange(nb)[:, None] * ne + np.arange(ne)[None, :])
+
+    def slot_choices(self, genes: np.ndarray) -> np.ndarray:
+        """[n, nb] each slot's (kernel, expand) as one index, kernel-major: the last axis of
+        `LatencyTable.slot_costs_genes` and of a search's per-slot model values."""
+        k, e, _, _ = self.split(genes)
+        return k * len(self.space.e_choices) + e
 
     def random(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Uniform per gene (OFA's sampling)."""
