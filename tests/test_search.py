@@ -9,7 +9,7 @@ from dynadnn.errors import UserError
 from dynadnn.family import pick_spread
 from dynadnn.predict import reference_predictor, reference_table
 from dynadnn.search import (BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, _linear_scores, _niche_evolution,
-                            _repair, _slot_values, hypervolume, pareto_mask)
+                            _best_changes, _repair, _slot_values, hypervolume, pareto_mask)
 from dynadnn.space import load_space
 
 W12 = load_space("ofa_mbv3_w1.2")
@@ -113,6 +113,12 @@ def test_niche_phase_predicts_only_fresh_children_that_meet_a_budget(predictors)
         assert a[l[:, c] <= b].max() >= acc[lat[:, c] <= b].max()
 
 
+def _changes_at(coding, g, costs, values):
+    """`_best_changes` of per-row costs and values, at each row's current choices."""
+    cur = coding.slot_choices(g)[..., None]
+    return tuple(np.take_along_axis(t, cur, 2)[..., 0] for t in _best_changes(costs, values))
+
+
 def test_repair_changes_few_active_kernels_and_expands_and_saves_what_the_costs_say(predictors):
     p = problem(predictors)
     coding, nb = p.coding, p.coding.nb
@@ -122,7 +128,7 @@ def test_repair_changes_few_active_kernels_and_expands_and_saves_what_the_costs_
     excess = lat * rng.uniform(-0.02, 0.08, size=len(g))  # a few rows already within budget
     costs = p.slot_costs["jetson_cpu"](g)
     values = _slot_values(coding, rng.normal(size=(len(g), coding.space.encoding_size)))
-    fixed = _repair(coding, g, costs, excess, values, moves=3)
+    fixed = _repair(coding, g, _changes_at(coding, g, costs, values), excess, moves=3)
     np.testing.assert_array_equal(fixed[:, 2 * nb:], g[:, 2 * nb:])  # depths and resolution kept
     changed = (fixed[:, :nb] != g[:, :nb]) | (fixed[:, nb:2 * nb] != g[:, nb:2 * nb])
     assert not (changed & ~coding.block_mask(g)).any()  # only slots that run
@@ -148,7 +154,7 @@ def test_repair_takes_the_change_that_loses_least_per_ms():
     values = np.zeros((1, coding.nb, 9))
     values[0, :, :8] = -1.0  # leaving choice 8 loses 1 point per slot...
     values[0, 5, 7] = -0.1  # ...except slot 5's move to choice 7: 0.1 per ms
-    fixed = _repair(coding, g, costs, np.array([0.5]), values, moves=3)
+    fixed = _repair(coding, g, _changes_at(coding, g, costs, values), np.array([0.5]), moves=3)
     changed = np.flatnonzero((fixed[0, :coding.nb] != 2) | (fixed[0, coding.nb:2 * coding.nb] != 2))
     assert changed.tolist() == [5] and fixed[0, 5] * 3 + fixed[0, coding.nb + 5] == 7
 

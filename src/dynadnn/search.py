@@ -50,8 +50,8 @@ class SearchProblem:
     fastest: Mapping[str, float] = field(default_factory=dict)  # lowest reachable latency per context
     evaluations: int = 0
     # per context, [n, block slots, kernels x expands] ms of every slot's choices at each row's resolution
-    # (`LatencyTable.slot_costs_genes`); with it for every context, the niche phase repairs near-budget
-    # candidates instead of discarding them
+    # (`LatencyTable.slot_costs_genes`: they depend on the resolution only); with it for every context, the
+    # niche phase repairs near-budget candidates instead of discarding them
     slot_costs: Mapping[str, GeneFn] = field(default_factory=dict)
 
     @property
@@ -182,6 +182,16 @@ class _Pool:
         self.lat = np.empty((len(self.genes), lat.shape[1]))
         self.genes[:self.size], self.acc[:self.size], self.lat[:self.size] = genes, acc, lat
         self.seen = set(_keys(coding.canonical(genes)))
+        self.coding = coding
+        self.x = np.empty((len(self.genes), coding.space.encoding_size), dtype=np.float32)
+        self.encoded = 0
+
+    def onehot(self, rows: np.ndarray) -> np.ndarray:
+        """The encoding of the given rows; each row is encoded once, when first asked for."""
+        if self.encoded < self.size:
+            self.x[self.encoded:self.size] = self.coding.onehot(self.genes[self.encoded:self.size])
+            self.encoded = self.size
+        return self.x[rows]
 
     def fresh(self, canon: np.ndarray, group: np.ndarray, limit: int) -> np.ndarray:
         """Positions of the rows of `canon` to predict: in order, each row never proposed before, up to
@@ -460,36 +470,36 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
     encoding, so this local model tells which few-gene changes gain accuracy; it only orders candidates, so
     every stored accuracy is still the predictor's."""
     coding = problem.coding
+    genes = genes.astype(np.int8)  # every gene has < 128 choices; the phase's array work is memory-bound
     n_par, n_kids = cfg.refine_parents, cfg.refine_children
     pool = _Pool(coding, genes, acc, lat, len(genes) + cfg.refine_generations * len(niches) * n_kids)
     ctx = np.array([c for c, _ in niches])
     budget = np.array([b for _, b in niches])
-    tops = [_top_within(acc, lat[:, c], b, n_par) for c, b in niches]
+    tops = _Parents(pool, ctx, budget, n_par)
     n_mut = n_kids // 2 * cfg.refine_draws  # candidates per niche from mutation; the rest from crossover
     n_cross = (n_kids - n_kids // 2) * cfg.refine_draws
     weights = np.zeros((len(niches), coding.space.encoding_size), dtype=np.float32)
     values = _slot_values(coding, weights)  # the same model per slot choice, for the repair
+    costs = _slot_cost_table(problem) if cfg.refine_repair_slack > 0 else None
     for gen in range(cfg.refine_generations):
-        live = [j for j, top in enumerate(tops) if len(top)]
-        if not live:
+        live = np.flatnonzero(tops.count > 0)
+        if not len(live):
             break
         if gen % cfg.surrogate_every == 0:
-            p_genes, p_acc, p_lat = pool.arrays()
             for j in live:
-                near = _top_within(p_acc, p_lat[:, ctx[j]], budget[j], cfg.surrogate_size)
-                weights[j] = _ridge(coding.onehot(p_genes[near]), p_acc[near])
+                near = _top_within(pool.acc[:pool.size], pool.lat[:pool.size, ctx[j]], budget[j], cfg.surrogate_size)
+                weights[j] = _ridge(pool.onehot(near), pool.acc[near])
             values = _slot_values(coding, weights)
-        pick = [tops[j][rng.integers(0, len(tops[j]), size=n_mut + 2 * n_cross)] for j in live]
-        mut = pool.genes[np.concatenate([p[:n_mut] for p in pick])]
-        pa = pool.genes[np.concatenate([p[n_mut:n_mut + n_cross] for p in pick])]
-        pb = pool.genes[np.concatenate([p[n_mut + n_cross:] for p in pick])]
+            if costs is not None:  # each niche's best change per resolution, slot and current choice
+                changes = _best_changes(costs[ctx], values[:, None])
+        mut, pa, pb = (pool.genes[tops.draw(live, n, rng)] for n in (n_mut, n_cross, n_cross))
         cand = coding.canonical(np.concatenate([
             _mutate(mut, rng, coding.upper, coding.nb, coding.ns, cfg.refine_mutate_prob),
-            np.where(rng.random(pa.shape) < 0.5, pa, pb)]))
+            np.where(rng.integers(0, 2, size=pa.shape, dtype=bool), pa, pb)]))
         owner = np.concatenate([np.repeat(live, n_mut), np.repeat(live, n_cross)])
         own_lat = _per_context(list(problem.latency.values()), cand, ctx[owner])
-        if cfg.refine_repair_slack > 0 and set(problem.slot_costs) >= set(problem.contexts):
-            cand, owner, own_lat = _with_repaired(problem, cand, owner, own_lat, ctx, budget, values, cfg)
+        if costs is not None:
+            cand, owner, own_lat = _with_repaired(problem, cand, owner, own_lat, ctx, budget, changes, cfg)
         ok = np.flatnonzero(own_lat <= budget[owner])
         score = _linear_scores(coding, cand[ok], owner[ok], values, weights)
         ok = ok[np.argsort(-score, kind="stable")]  # most promising first
@@ -497,28 +507,67 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
         if not len(keep):
             continue
         kids = cand[keep]
-        new = pool.add(kids, *problem.evaluate(kids))
-        for j, (c, b) in enumerate(niches):
-            both = np.concatenate([tops[j], new])
-            tops[j] = both[_top_within(pool.acc[both], pool.lat[both, c], b, n_par)]
-    return pool.arrays()
+        tops.update(pool.add(kids, *problem.evaluate(kids)))
+    g, a, l = pool.arrays()
+    return g.astype(np.int64), a, l
+
+
+class _Parents:
+    """Each niche's (up to) `k` most accurate pool members within its budget, as one padded index matrix, so
+    that drawing parents and taking in a generation's children is a few array operations for all niches."""
+
+    def __init__(self, pool: _Pool, ctx: np.ndarray, budget: np.ndarray, k: int):
+        self.pool, self.ctx, self.budget, self.k = pool, ctx, budget, k
+        self.idx = np.zeros((len(ctx), k), dtype=np.int64)
+        self.count = np.zeros(len(ctx), dtype=np.int64)
+        self.update(np.arange(pool.size))
+
+    def update(self, new: np.ndarray) -> None:
+        """Take in new pool rows: each niche keeps the k most accurate of its parents and the new rows."""
+        both = np.concatenate([self.idx, np.broadcast_to(new, (len(self.idx), len(new)))], axis=1)
+        valid = np.arange(both.shape[1])[None, :] < self.count[:, None]
+        valid[:, self.k:] = True
+        feasible = valid & (self.pool.lat[both, self.ctx[:, None]] <= self.budget[:, None])
+        score = np.where(feasible, self.pool.acc[both], -np.inf)
+        if score.shape[1] > self.k:
+            top = np.argpartition(-score, self.k - 1, axis=1)[:, :self.k]
+            both, score = np.take_along_axis(both, top, 1), np.take_along_axis(score, top, 1)
+        order = np.argsort(np.isneginf(score), axis=1, kind="stable")  # parents first in each row
+        self.idx[:, :both.shape[1]] = np.take_along_axis(both, order, 1)
+        self.count = np.isfinite(score).sum(1)
+
+    def draw(self, niches: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` parents (pool rows) drawn uniformly for each niche in `niches`, niche-major."""
+        pos = (rng.random((len(niches), n)) * self.count[niches, None]).astype(np.int64)
+        return self.idx[niches[:, None], pos].reshape(-1)
+
+
+def _slot_cost_table(problem: SearchProblem) -> np.ndarray | None:
+    """[contexts, resolutions, slots, kernels x expands] float32 ms of every slot choice (None when a context
+    has no slot costs): looked up per candidate instead of computed per candidate."""
+    if not set(problem.slot_costs) >= set(problem.contexts):
+        return None
+    probe = np.zeros((int(problem.coding.upper[-1]), problem.coding.n_genes), dtype=np.int64)
+    probe[:, -1] = np.arange(len(probe))
+    return np.stack([problem.slot_costs[name](probe) for name in problem.contexts]).astype(np.float32)
 
 
 def _with_repaired(problem: SearchProblem, cand: np.ndarray, owner: np.ndarray, own_lat: np.ndarray,
-                   ctx: np.ndarray, budget: np.ndarray, values: np.ndarray,
+                   ctx: np.ndarray, budget: np.ndarray, changes: tuple[np.ndarray, np.ndarray, np.ndarray],
                    cfg: "NSGA2Search") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The candidates plus a repaired copy of each one at most `refine_repair_slack` over its niche's budget
-    (constructive feasibility: a near-budget child is pulled within budget, not only discarded). `values`:
-    each niche's [slots, kernels x expands] local-model value of every slot choice."""
+    (constructive feasibility: a near-budget child is pulled within budget, not only discarded). `changes`:
+    `_best_changes` for every niche, resolution, slot and current choice ([niches, resolutions, slots,
+    choices] each)."""
     over = np.flatnonzero((own_lat > budget[owner]) & (own_lat <= budget[owner] * (1 + cfg.refine_repair_slack)))
     if not len(over):
         return cand, owner, own_lat
-    rows, c_over = cand[over], ctx[owner[over]]
-    costs = _per_context([problem.slot_costs[name] for name in problem.contexts], rows, c_over)
-    fixed = _repair(problem.coding, rows, costs, own_lat[over] - budget[owner[over]], values[owner[over]],
+    rows, niche = cand[over], owner[over]
+    at = (niche[:, None], rows[:, -1:], np.arange(problem.coding.nb)[None, :], problem.coding.slot_choices(rows))
+    fixed = _repair(problem.coding, rows, tuple(t[at] for t in changes), own_lat[over] - budget[niche],
                     cfg.refine_repair_moves)
-    fixed_lat = _per_context(list(problem.latency.values()), fixed, c_over)
-    return (np.concatenate([cand, fixed]), np.concatenate([owner, owner[over]]),
+    fixed_lat = _per_context(list(problem.latency.values()), fixed, ctx[niche])
+    return (np.concatenate([cand, fixed]), np.concatenate([owner, niche]),
             np.concatenate([own_lat, fixed_lat]))
 
 
@@ -550,27 +599,32 @@ def _slot_values(coding: GeneCoding, weights: np.ndarray) -> np.ndarray:
     return (k[..., :, None] + e[..., None, :]).reshape(*weights.shape[:-1], coding.nb, -1)
 
 
-def _repair(coding: GeneCoding, genes: np.ndarray, costs: np.ndarray, excess: np.ndarray, values: np.ndarray,
-            moves: int) -> np.ndarray:
-    """Bring each row `excess` ms down by changing the (kernel, expand) of up to `moves` active slots: per
-    slot, the change that loses the least value per ms saved; the slots' changes applied best ratio first,
-    until the saved ms cover the excess. A row the moves cannot fix comes back still over budget (the
-    caller's latency screen drops it). `costs` and `values`: [n, slots, kernels x expands], the ms and the
-    local-model value of every slot choice."""
-    ne = len(coding.space.e_choices)
-    nb = coding.nb
-    n = len(genes)
-    r, sl = np.arange(n)[:, None], np.arange(nb)[None, :]
-    cur = coding.slot_choices(genes)
-    saved = costs[r, sl, cur][:, :, None] - costs  # ms each change saves
-    loss = np.maximum(values[r, sl, cur][:, :, None] - values, 0.0)
-    usable = (saved > 1e-12) & coding.block_mask(genes)[:, :, None]
-    ratio = np.where(usable, loss, np.inf) / np.where(usable, saved, 1.0)
-    choice = ratio.argmin(2)  # [n, slots]: each slot's best change
-    best = ratio[r, sl, choice]
-    gain = np.where(np.isfinite(best), saved[r, sl, choice], 0.0)
+def _best_changes(costs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For ms `costs` and local-model `values` of every choice ([..., slots, kernels x expands]): from each
+    current choice, the change that loses the least value per ms saved, as (new choice, loss per ms, ms
+    saved), each [..., slots, current choice]; a choice with nothing cheaper gets ratio inf and saves 0."""
+    saved = costs[..., :, None] - costs[..., None, :]  # [..., current, new]
+    loss = np.maximum(values[..., :, None] - values[..., None, :], 0.0)
+    cheaper = saved > 1e-6
+    ratio = np.where(cheaper, loss, np.inf) / np.where(cheaper, saved, 1.0)
+    choice = ratio.argmin(-1)
+    best = np.take_along_axis(ratio, choice[..., None], -1)[..., 0]
+    gain = np.where(np.isfinite(best), np.take_along_axis(saved, choice[..., None], -1)[..., 0], 0.0)
+    return choice, best, gain
+
+
+def _repair(coding: GeneCoding, genes: np.ndarray, changes: tuple[np.ndarray, np.ndarray, np.ndarray],
+            excess: np.ndarray, moves: int) -> np.ndarray:
+    """Bring each row `excess` ms down by changing the (kernel, expand) of up to `moves` running slots, best
+    ratio first, until the saved ms cover the excess. `changes`: each slot's best change from its current
+    choice (`_best_changes` at the row's choices), three [n, slots] arrays. A row the moves cannot fix comes
+    back still over budget (the caller's latency screen drops it)."""
+    ne, nb = len(coding.space.e_choices), coding.nb
+    choice, best, gain = changes
+    running = coding.block_mask(genes)
+    best = np.where(running, best, np.inf)
     order = np.argsort(best, axis=1, kind="stable")[:, :moves]
-    gain = np.take_along_axis(gain, order, 1)
+    gain = np.take_along_axis(np.where(running, gain, 0.0), order, 1)
     use = (np.cumsum(gain, 1) - gain < excess[:, None]) & (gain > 0)  # still over budget before this move
     row, k = np.nonzero(use)
     slot = order[row, k]

@@ -114,8 +114,8 @@ class GeneCoding:
         if g.ndim == 1:
             g = g[None]
         mask = self.block_mask(g)
-        g[:, :self.nb][~mask] = 0
-        g[:, self.nb:2 * self.nb][~mask] = 0
+        g[:, :self.nb] *= mask
+        g[:, self.nb:2 * self.nb] *= mask
         return g
 
     def onehot(self, genes: np.ndarray) -> np.ndarray:
