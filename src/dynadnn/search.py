@@ -294,15 +294,19 @@ class NSGA2Search:
             genes, acc, lat = _niche_evolution(problem, genes, acc, lat, niches, self,
                                                np.random.default_rng(self.seed + 1))
         if self.polish_rounds:
+            polished: list[tuple[np.ndarray, float, np.ndarray]] = []  # joined to the pool once, at the end
             for c, budget in sorted(niches):
                 row = _best_row(acc, lat[:, c], budget)
-                if row is None:
-                    continue
-                g, a, l = _polish(problem, genes[row], acc[row], lat[row], c, budget, self.polish_rounds,
-                                  self.pair_candidates)
-                genes = np.concatenate([genes, g[None]])
-                acc = np.append(acc, a)
-                lat = np.concatenate([lat, l[None]])
+                origin = None if row is None else (genes[row], acc[row], lat[row])
+                for p in polished:  # an earlier budget's polished pick may be this one's best origin
+                    if p[2][c] <= budget and (origin is None or p[1] > origin[1]):
+                        origin = p
+                if origin is not None:
+                    polished.append(_polish(problem, *origin, c, budget, self.polish_rounds, self.pair_candidates))
+            if polished:
+                genes = np.concatenate([genes, np.stack([p[0] for p in polished])])
+                acc = np.append(acc, [p[1] for p in polished])
+                lat = np.concatenate([lat, np.stack([p[2] for p in polished])])
         result = _archive_result(problem, genes, acc, lat, time.perf_counter() - start)
         for ctx, budgets in self.budgets.items():
             for budget in budgets:
@@ -485,7 +489,6 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
     n_mut = n_kids // 2 * cfg.refine_draws  # candidates per niche from mutation; the rest from crossover
     n_cross = (n_kids - n_kids // 2) * cfg.refine_draws
     weights = np.zeros((len(niches), coding.space.encoding_size), dtype=np.float32)
-    values = _slot_values(coding, weights)  # the same model per slot choice, for the repair
     costs = _slot_cost_table(problem) if cfg.refine_repair_slack > 0 else None
     for gen in range(cfg.refine_generations):
         live = np.flatnonzero(tops.count > 0)
@@ -495,7 +498,7 @@ def _niche_evolution(problem: SearchProblem, genes: np.ndarray, acc: np.ndarray,
             for j in live:
                 near = _top_within(pool.acc[:pool.size], pool.lat[:pool.size, ctx[j]], budget[j], cfg.surrogate_size)
                 weights[j] = _ridge(pool.onehot(near), pool.acc[near])
-            values = _slot_values(coding, weights)
+            values = _slot_values(coding, weights)  # the same model per slot choice, for scores and repair
             if costs is not None:  # each niche's best change per resolution, slot and current choice
                 changes = _best_changes(costs[ctx], values[:, None])
         mut, pa, pb = (pool.genes[tops.draw(live, n, rng)] for n in (n_mut, n_cross, n_cross))
