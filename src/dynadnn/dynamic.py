@@ -32,7 +32,8 @@ from .data import resize_batch
 from .errors import UserError
 from .space import Arch
 from .supernet import Plan, StaticNet, SuperNet
-from .supernet.network import BlockPlan, Conv, run_plan
+from .supernet.network import run_plan
+from .supernet.plan import BlockPlan, Conv
 
 BACKENDS = ("auto", "torchscript", "eager")
 MODES = ("resident", "inplace")

@@ -6,7 +6,8 @@
     member = net.extract(arch, bn_stats=stats).fuse()   # plain Conv2d/BatchNorm2d/Linear model
 """
 
-from .network import SuperNet, Plan
+from .plan import Plan
+from .network import SuperNet
 from .static import StaticNet
 from .checkpoint import load_checkpoint, save_checkpoint, load_ofa_state_dict, to_ofa_state_dict, read_checkpoint_meta
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import torch
@@ -25,67 +24,10 @@ from torch import Tensor, nn
 
 from ..errors import ArchError
 from ..space import Arch, SearchSpace, make_divisible
+from .plan import BN, SE, BlockPlan, Conv, Plan, detach_plan
+from .static import StaticNet
 
 ACT: dict[str | None, Callable[[Tensor], Tensor] | None] = {"relu": F.relu, "h_swish": F.hardswish, None: None}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Plans: plain tensors for one architecture
-# ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BN:
-    """Batch-norm parameters for the active channels. `key` names the layer for calibration records."""
-
-    key: str
-    weight: Tensor
-    bias: Tensor
-    mean: Tensor
-    var: Tensor
-    eps: float
-    momentum: float
-
-
-@dataclass(frozen=True)
-class Conv:
-    weight: Tensor
-    bias: Tensor | None
-    stride: int
-    padding: int
-    groups: int
-    bn: BN | None  # None once folded (or for layers without BN)
-    act: str | None
-
-
-@dataclass(frozen=True)
-class SE:
-    reduce_w: Tensor
-    reduce_b: Tensor
-    expand_w: Tensor
-    expand_b: Tensor
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    expand: Conv | None
-    dw: Conv
-    se: SE | None
-    project: Conv
-    residual: bool
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything needed to run one sub-network, detached from the super-network's modules."""
-
-    arch: Arch
-    stem: Conv
-    blocks: tuple[BlockPlan, ...]
-    final: Conv
-    mix: Conv
-    classifier_w: Tensor
-    classifier_b: Tensor
-    dropout: float
-    folded: bool
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,7 +236,7 @@ class SuperNet(nn.Module):
         plan = Plan(arch, stem, tuple(blocks), final, mix, self.classifier.weight, self.classifier.bias,
                     space.dropout, fold_bn)
         if not torch.is_grad_enabled():
-            plan = _detach_plan(plan)
+            plan = detach_plan(plan)
         return plan
 
     def set_active(self, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None, fold_bn: bool = True) -> Plan:
@@ -380,30 +322,11 @@ class SuperNet(nn.Module):
             blk.reorganize_middle(expand_ratio_stage)
         self.invalidate()
 
-    def extract(self, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None) -> "StaticNet":
+    def extract(self, arch: Arch, bn_stats: Mapping[str, Tensor] | None = None) -> StaticNet:
         """A standalone static model of standard Conv2d/BatchNorm2d/Linear layers with copied weights."""
-        from .static import StaticNet
-
         with torch.no_grad():
             plan = self.plan(arch, bn_stats, fold_bn=False)
         return StaticNet.from_plan(plan, self.space)
-
-
-def _detach_plan(plan: Plan) -> Plan:
-    def t(x):
-        return None if x is None else x.detach().clone().contiguous()
-
-    def bn(b: BN | None):
-        return None if b is None else BN(b.key, t(b.weight), t(b.bias), t(b.mean), t(b.var), b.eps, b.momentum)
-
-    def conv(c: Conv | None):
-        return None if c is None else Conv(t(c.weight), t(c.bias), c.stride, c.padding, c.groups, bn(c.bn), c.act)
-
-    blocks = tuple(BlockPlan(conv(b.expand), conv(b.dw),
-                             None if b.se is None else SE(t(b.se.reduce_w), t(b.se.reduce_b), t(b.se.expand_w), t(b.se.expand_b)),
-                             conv(b.project), b.residual) for b in plan.blocks)
-    return Plan(plan.arch, conv(plan.stem), blocks, conv(plan.final), conv(plan.mix), t(plan.classifier_w),
-                t(plan.classifier_b), plan.dropout, plan.folded)
 
 
 # ----------------------------------------------------------------------------------------------------

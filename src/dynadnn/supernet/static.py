@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..space import SearchSpace
-from .network import Conv, Plan
+from .plan import Conv, Plan
 
 
 def _act(name: str | None) -> nn.Module | None:
