@@ -40,7 +40,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dynadnn.predict import reference_predictor, reference_table  # noqa: E402
-from dynadnn.search import BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, hypervolume  # noqa: E402
+from dynadnn.search import (BudgetError, EvolutionSweep, NicheConfig, NSGA2Config, NSGA2Search,  # noqa: E402
+                            SearchProblem, hypervolume)
 from dynadnn.space import load_space
 
 GPU_BUDGETS = [16.5, 17.5, 20, 22, 24, 26, 28, 30.5]
@@ -206,7 +207,8 @@ def main() -> int:
     # one small run of each searcher first, on a throw-away problem: first calls (torch's dispatcher, numpy's
     # and pymoo's code paths) are one-off start-up costs, not search time, and would land on whichever runs first
     warm = SearchProblem.from_predictors(acc, tables)
-    NSGA2Search(budgets=budgets, population=20, generations=2, refine_generations=2).search(warm)
+    NSGA2Search(budgets=budgets, nsga2=NSGA2Config(population=20, generations=2),
+                niche=NicheConfig(generations=2)).search(warm)
     EvolutionSweep({"jetson_gpu": [30.5]}, population=20, generations=2).search(warm)
 
     if args.seeds is None:

@@ -8,8 +8,9 @@ import pytest
 from dynadnn.errors import UserError
 from dynadnn.family import pick_spread
 from dynadnn.predict import reference_predictor, reference_table
-from dynadnn.search import (BudgetError, EvolutionSweep, NSGA2Search, SearchProblem, _linear_scores, _niche_evolution,
-                            _best_changes, _repair, _slot_values, hypervolume, pareto_mask)
+from dynadnn.search import (BudgetError, EvolutionSweep, NicheConfig, NSGA2Config, NSGA2Search, PolishConfig,
+                            SearchProblem, hypervolume, niche, pareto_mask)
+from dynadnn.search.niche import best_changes, linear_scores, repair, slot_values
 from dynadnn.space import load_space
 
 W12 = load_space("ofa_mbv3_w1.2")
@@ -29,7 +30,8 @@ def problem(predictors):
 def test_nsga2_archive_is_valid_non_dominated_and_meets_budgets(predictors):
     p = problem(predictors)
     budgets = {"jetson_gpu": [17.5, 24.0], "jetson_cpu": [1200.0]}
-    res = NSGA2Search(population=40, generations=10, refine_generations=5, budgets=budgets).search(p)
+    res = NSGA2Search(nsga2=NSGA2Config(population=40, generations=10), niche=NicheConfig(generations=5),
+                      budgets=budgets).search(p)
     assert len(res.genes) > 10 and pareto_mask(res.accuracy, res.latency).all()
     for arch in res.archs():
         W12.validate(arch)
@@ -42,8 +44,10 @@ def test_nsga2_archive_is_valid_non_dominated_and_meets_budgets(predictors):
 
 
 def test_pymoo_engine_gives_a_comparable_front(predictors):
-    fast = NSGA2Search(population=40, generations=8, refine_generations=0).search(problem(predictors))
-    slow = NSGA2Search(population=40, generations=8, refine_generations=0, engine="pymoo").search(problem(predictors))
+    no_niche = NicheConfig(generations=0)
+    fast = NSGA2Search(nsga2=NSGA2Config(population=40, generations=8), niche=no_niche).search(problem(predictors))
+    slow = NSGA2Search(nsga2=NSGA2Config(population=40, generations=8, engine="pymoo"),
+                       niche=no_niche).search(problem(predictors))
     ref = (70.0, [40.0, 3500.0])
     assert hypervolume(slow.accuracy, slow.latency, *ref) > 0
     assert hypervolume(fast.accuracy, fast.latency, *ref) > 0.8 * hypervolume(slow.accuracy, slow.latency, *ref)
@@ -86,9 +90,9 @@ def test_pick_spread_covers_the_front_not_neighbours():
 
 def test_polish_keeps_picks_within_budget_and_never_loses_accuracy(predictors):
     budgets = {"jetson_cpu": [1100.0, 1500.0]}
-    base = NSGA2Search(population=30, generations=5, refine_generations=0, budgets=budgets).search(problem(predictors))
-    pol = NSGA2Search(population=30, generations=5, refine_generations=0, polish_rounds=3,
-                      budgets=budgets).search(problem(predictors))
+    short = dict(nsga2=NSGA2Config(population=30, generations=5), niche=NicheConfig(generations=0), budgets=budgets)
+    base = NSGA2Search(**short).search(problem(predictors))  # the default polish (2 rounds)
+    pol = NSGA2Search(**short, polish=PolishConfig(rounds=3)).search(problem(predictors))
     for b in budgets["jetson_cpu"]:
         row, acc = pol.best_within("jetson_cpu", b)
         assert pol.latency[row, pol.contexts.index("jetson_cpu")] <= b
@@ -101,11 +105,11 @@ def test_niche_phase_predicts_only_fresh_children_that_meet_a_budget(predictors)
     init = p.coding.canonical(p.coding.random(rng, 300))
     acc, lat = p.evaluate(init)
     niches = [(0, 22.0), (1, 1400.0)]  # (context column, budget)
-    cfg = NSGA2Search(refine_generations=6, refine_children=20)
+    cfg = NicheConfig(generations=6, children=20)
     before = p.evaluations
-    genes, a, l = _niche_evolution(p, init, acc, lat, niches, cfg, rng)
+    genes, a, l = niche.evolve(p, init, acc, lat, niches, cfg, rng)
     kids = genes[len(init):]
-    assert 0 < len(kids) == p.evaluations - before <= 6 * 2 * 20  # at most refine_children per niche and generation
+    assert 0 < len(kids) == p.evaluations - before <= 6 * 2 * 20  # at most cfg.children per niche and generation
     assert np.all((l[len(init):, 0] <= 22.0) | (l[len(init):, 1] <= 1400.0))  # screened on latency first
     assert len(np.unique(np.concatenate([init, kids]), axis=0)) == len(genes)  # nothing predicted twice
     np.testing.assert_allclose(a[len(init):], p.evaluate(kids)[0])  # the surrogate only ranks; stored = predictor
@@ -114,9 +118,9 @@ def test_niche_phase_predicts_only_fresh_children_that_meet_a_budget(predictors)
 
 
 def _changes_at(coding, g, costs, values):
-    """`_best_changes` of per-row costs and values, at each row's current choices."""
+    """`best_changes` of per-row costs and values, at each row's current choices."""
     cur = coding.slot_choices(g)[..., None]
-    return tuple(np.take_along_axis(t, cur, 2)[..., 0] for t in _best_changes(costs, values))
+    return tuple(np.take_along_axis(t, cur, 2)[..., 0] for t in best_changes(costs, values))
 
 
 def test_repair_changes_few_active_kernels_and_expands_and_saves_what_the_costs_say(predictors):
@@ -127,8 +131,8 @@ def test_repair_changes_few_active_kernels_and_expands_and_saves_what_the_costs_
     lat = p.latencies(g)[:, 1]  # jetson_cpu
     excess = lat * rng.uniform(-0.02, 0.08, size=len(g))  # a few rows already within budget
     costs = p.slot_costs["jetson_cpu"](g)
-    values = _slot_values(coding, rng.normal(size=(len(g), coding.space.encoding_size)))
-    fixed = _repair(coding, g, _changes_at(coding, g, costs, values), excess, moves=3)
+    values = slot_values(coding, rng.normal(size=(len(g), coding.space.encoding_size)))
+    fixed = repair(coding, g, _changes_at(coding, g, costs, values), excess, moves=3)
     np.testing.assert_array_equal(fixed[:, 2 * nb:], g[:, 2 * nb:])  # depths and resolution kept
     changed = (fixed[:, :nb] != g[:, :nb]) | (fixed[:, nb:2 * nb] != g[:, nb:2 * nb])
     assert not (changed & ~coding.block_mask(g)).any()  # only slots that run
@@ -154,17 +158,15 @@ def test_repair_takes_the_change_that_loses_least_per_ms():
     values = np.zeros((1, coding.nb, 9))
     values[0, :, :8] = -1.0  # leaving choice 8 loses 1 point per slot...
     values[0, 5, 7] = -0.1  # ...except slot 5's move to choice 7: 0.1 per ms
-    fixed = _repair(coding, g, _changes_at(coding, g, costs, values), np.array([0.5]), moves=3)
+    fixed = repair(coding, g, _changes_at(coding, g, costs, values), np.array([0.5]), moves=3)
     changed = np.flatnonzero((fixed[0, :coding.nb] != 2) | (fixed[0, coding.nb:2 * coding.nb] != 2))
     assert changed.tolist() == [5] and fixed[0, 5] * 3 + fixed[0, coding.nb + 5] == 7
 
 
 def test_niche_phase_repairs_only_when_every_context_has_slot_costs(predictors, monkeypatch):
-    import dynadnn.search as search
-
     calls = []
-    real = search._repair
-    monkeypatch.setattr(search, "_repair", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = niche.repair
+    monkeypatch.setattr(niche, "repair", lambda *a, **k: calls.append(1) or real(*a, **k))
     rng = np.random.default_rng(0)
     for costs, expect in ((True, True), (False, False)):
         p = problem(predictors)
@@ -173,7 +175,7 @@ def test_niche_phase_repairs_only_when_every_context_has_slot_costs(predictors, 
         init = p.coding.canonical(p.coding.random(rng, 300))
         acc, lat = p.evaluate(init)
         calls.clear()
-        _niche_evolution(p, init, acc, lat, [(0, 22.0), (1, 1400.0)], NSGA2Search(refine_generations=4), rng)
+        niche.evolve(p, init, acc, lat, [(0, 22.0), (1, 1400.0)], NicheConfig(generations=4), rng)
         assert bool(calls) == expect
 
 
@@ -184,5 +186,5 @@ def test_linear_scores_equal_the_dot_product_with_the_one_hot_rows(predictors):
     weights = rng.normal(size=(7, coding.space.encoding_size)).astype(np.float32)
     model = rng.integers(0, 7, size=500)
     expected = np.einsum("ij,ij->i", coding.onehot(g), weights[model])
-    np.testing.assert_allclose(_linear_scores(coding, g, model, _slot_values(coding, weights), weights), expected,
+    np.testing.assert_allclose(linear_scores(coding, g, model, slot_values(coding, weights), weights), expected,
                                atol=1e-4)
