@@ -27,7 +27,7 @@ from _common import emit_json, load_average, print_table
 from dynadnn.runtime.calibrate import calibrate_deadline
 from dynadnn.runtime.experiment import calibrate, run_policies, setup
 from dynadnn.runtime.options import Targets
-from dynadnn.runtime.policies.feedback import NATIVE
+from dynadnn.runtime.native import NATIVE
 from dynadnn.runtime.scenario import load_scenario
 from dynadnn.runtime.trace import plot_traces
 

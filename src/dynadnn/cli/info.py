@@ -1,10 +1,12 @@
 """`dynadnn info`: presets, their search-space sizes, shipped models, and whether the runtime manager's
-per-inference path runs in C (`runtime/_native.c`, built at install when a C compiler is present)."""
+per-inference path runs in C (`runtime/_native.c`, built at install when a C compiler is present, and not
+switched off by DYNADNN_NATIVE=0: see `runtime.native`)."""
 
 from __future__ import annotations
 
 import argparse
 
+from ..runtime import native
 from ..space import list_presets, load_space
 
 
@@ -27,9 +29,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name, desc in list_models().items():
         print(f"zoo:{name:12s} {desc}")
-    from ..runtime.serving import NativeServing
-
-    print("runtime serving path: " + ("native (C)" if NativeServing is not None else
-                                      "pure Python (the C extension was not built: install a C compiler and "
-                                      "reinstall for a ~5x cheaper per-inference path)"))
+    print("runtime serving path: " + native.describe())
     return 0

@@ -9,7 +9,7 @@
 
    Types:
      LatencyMonitorCore(size=64, alpha=0.1)   update(latency_ms, profiled_p50_ms, deadline_ms)
-     FeedbackCore(...)                        step(t, latency_ms, option, targets, system=None) -> int
+     FeedbackCore(..., params=FeedbackParams) step(t, latency_ms, option, targets, system=None) -> int
      ServingCore(...)                         predict(x): runner, clock, monitor, policy, records
    ServingCore is `serving.PyServing` in C: with it the manager's whole per-inference path runs without
    interpreting a line of Python unless the policy is a Python one or the option changes. */
@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
 #include <string.h>
 #include <time.h>
 
@@ -533,28 +534,45 @@ static int core_alloc_arrays(CoreObject *s, int n, int n_ctx, int wsize) {
     return 0;
 }
 
-static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"p50", "ctx_of", "ctx_threads", "order", "idle_tail", "window", "min_samples",
-                             "margin", "up_hysteresis", "stale_s", "dwell_s", "min_dwell_s", "probe_s",
-                             "probe_slack", "sync_penalty", "current", "targets", NULL};
-    PyObject *p50, *ctx_of, *ctx_threads, *order, *idle_tail, *targets;
-    int wsize, min_samples, current;
-    double margin, up_hyst, stale_s, dwell_s, min_dwell_s, probe_s, probe_slack, sync_penalty;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOiiddddddddiO", kwlist, &p50, &ctx_of, &ctx_threads, &order,
-                                     &idle_tail, &wsize, &min_samples, &margin, &up_hyst, &stale_s, &dwell_s,
-                                     &min_dwell_s, &probe_s, &probe_slack, &sync_penalty, &current, &targets))
-        return -1;
-    Py_ssize_t n = PyObject_Length(p50), nc = PyObject_Length(ctx_threads);
-    if (n < 0 || nc < 0) return -1;
-    if (n < 1 || nc < 1 || nc > MAX_CTX || wsize < 1) {
-        PyErr_Format(PyExc_ValueError, "FeedbackCore: need >= 1 option, 1..%d contexts and window >= 1", MAX_CTX);
-        return -1;
+/* The feedback law's parameters, read by name from a `policies.feedback.FeedbackParams` record: the names
+   and types here are its fields (a test checks them against FEEDBACK_PARAMS); the defaults live only there. */
+typedef struct {
+    const char *name;
+    char type; /* 'i' int, 'd' double */
+    size_t offset;
+} ParamField;
+
+static const ParamField PARAMS[] = {
+    {"margin", 'd', offsetof(CoreObject, margin)},           {"up_hysteresis", 'd', offsetof(CoreObject, up_hyst)},
+    {"window", 'i', offsetof(CoreObject, wsize)},            {"min_samples", 'i', offsetof(CoreObject, min_samples)},
+    {"stale_s", 'd', offsetof(CoreObject, stale_s)},         {"dwell_s", 'd', offsetof(CoreObject, dwell_s)},
+    {"min_dwell_s", 'd', offsetof(CoreObject, min_dwell_s)}, {"probe_s", 'd', offsetof(CoreObject, probe_s)},
+    {"probe_slack", 'd', offsetof(CoreObject, probe_slack)}, {"sync_penalty", 'd', offsetof(CoreObject, sync_penalty)},
+    {NULL, 0, 0}};
+
+/* every field of PARAMS from the record's attributes into the struct; validation only, no defaults */
+static int read_params(CoreObject *s, PyObject *params) {
+    for (const ParamField *f = PARAMS; f->name; f++) {
+        PyObject *v = PyObject_GetAttrString(params, f->name);
+        if (!v) return -1;
+        char *field = (char *)s + f->offset;
+        if (f->type == 'i') {
+            long x = PyLong_AsLong(v);
+            if (!(x == -1 && PyErr_Occurred()) && (x < 1 || x > INT_MAX))
+                PyErr_Format(PyExc_ValueError, "FeedbackCore: %s must be in 1..%d, got %ld", f->name, INT_MAX, x);
+            *(int *)field = (int)x;
+        } else {
+            *(double *)field = PyFloat_AsDouble(v);
+        }
+        Py_DECREF(v);
+        if (PyErr_Occurred()) return -1;
     }
-    core_free_arrays(s);
-    s->n_opt = (int)n;
-    s->n_ctx = (int)nc;
-    s->wsize = wsize;
-    if (core_alloc_arrays(s, s->n_opt, s->n_ctx, wsize) < 0) return -1;
+    return 0;
+}
+
+/* the per-option arrays from Python sequences; order must be a permutation, ctx_of in range */
+static int read_options(CoreObject *s, PyObject *p50, PyObject *ctx_of, PyObject *ctx_threads, PyObject *order,
+                        PyObject *idle_tail) {
     if (read_doubles(p50, s->n_opt, s->p50, "p50") < 0 || read_ints(ctx_of, s->n_opt, s->ctx_of, "ctx_of") < 0 ||
         read_ints(ctx_threads, s->n_ctx, s->ctx_threads, "ctx_threads") < 0 ||
         read_ints(order, s->n_opt, s->order, "order") < 0 ||
@@ -580,19 +598,34 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
         s->p50_by_rank[r] = s->p50[s->order[r]];
         s->ctx_by_rank[r] = s->ctx_of[s->order[r]];
     }
+    return 0;
+}
+
+static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"p50", "ctx_of", "ctx_threads", "order", "idle_tail", "params", "current", "targets",
+                             NULL};
+    PyObject *p50, *ctx_of, *ctx_threads, *order, *idle_tail, *params, *targets;
+    int current;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOiO", kwlist, &p50, &ctx_of, &ctx_threads, &order, &idle_tail,
+                                     &params, &current, &targets))
+        return -1;
+    Py_ssize_t n = PyObject_Length(p50), nc = PyObject_Length(ctx_threads);
+    if (n < 0 || nc < 0) return -1;
+    if (n < 1 || nc < 1 || nc > MAX_CTX) {
+        PyErr_Format(PyExc_ValueError, "FeedbackCore: need >= 1 option and 1..%d contexts", MAX_CTX);
+        return -1;
+    }
+    core_free_arrays(s);
+    s->n_opt = 0; /* until it is whole again, step and force refuse every option */
+    if (read_params(s, params) < 0) return -1;
+    s->n_opt = (int)n;
+    s->n_ctx = (int)nc;
+    if (core_alloc_arrays(s, s->n_opt, s->n_ctx, s->wsize) < 0) return -1;
+    if (read_options(s, p50, ctx_of, ctx_threads, order, idle_tail) < 0) return -1;
     if (current < 0 || current >= s->n_opt) {
         PyErr_SetString(PyExc_ValueError, "current: option index out of range");
         return -1;
     }
-    s->min_samples = min_samples;
-    s->margin = margin;
-    s->up_hyst = up_hyst;
-    s->stale_s = stale_s;
-    s->dwell_s = dwell_s;
-    s->min_dwell_s = min_dwell_s;
-    s->probe_s = probe_s;
-    s->probe_slack = probe_slack;
-    s->sync_penalty = sync_penalty;
     for (int c = 0; c < s->n_ctx; c++) {
         s->ref_p50[c] = 1.0;
         s->last_seen[c] = -1e18;
@@ -600,7 +633,7 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
     s->last_switch_t = -1e18;
     s->up_since = s->slack_since = NONE_T;
     Py_CLEAR(s->sample_seen);
-    s->probe_wait = probe_s;
+    s->probe_wait = s->probe_s;
     s->probing = 0;
     s->current = current;
     return prepare(s, targets);
@@ -1079,6 +1112,17 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (PyModule_AddObject(m, "LatencyMonitorCore", (PyObject *)&MonitorType) < 0 ||
         PyModule_AddObject(m, "FeedbackCore", (PyObject *)&CoreType) < 0 ||
         PyModule_AddObject(m, "ServingCore", (PyObject *)&ServingType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *names = PyTuple_New(sizeof PARAMS / sizeof PARAMS[0] - 1);
+    for (Py_ssize_t k = 0; names && PARAMS[k].name; k++) {
+        PyObject *name = PyUnicode_FromString(PARAMS[k].name);
+        if (!name) Py_CLEAR(names);
+        else PyTuple_SET_ITEM(names, k, name);
+    }
+    if (!names || PyModule_AddObject(m, "FEEDBACK_PARAMS", names) < 0) {
+        Py_XDECREF(names);
         Py_DECREF(m);
         return NULL;
     }

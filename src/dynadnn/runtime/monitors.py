@@ -4,8 +4,8 @@
   cheaper than maintaining an order statistic tree in Python).
 - `LatencyMonitor`: measured latency per inference, updated at every inference in O(1): windowed p50/p95
   (on demand), deadline-miss rate over the window, EWMA, and the slowdown factor (measured / profiled
-  median latency of the option that ran). Native (`_native.c`) when built; `PyLatencyMonitor` is the
-  reference it mirrors.
+  median latency of the option that ran). Native (`_native.c`) when in use (see `native`);
+  `PyLatencyMonitor` is the reference it mirrors.
 - `SystemMonitor`: a daemon thread that samples /proc/stat and the process's own CPU time every `period_s`
   and publishes one immutable `SystemSample` (a reference swap, so the inference path never locks). A read
   that fails is counted and logged once per streak; the last good sample is marked not-ok so policies stop
@@ -18,6 +18,7 @@ import threading
 from bisect import bisect_left, insort
 from typing import Callable
 
+from . import native
 from ..platform.local import CpuTimes, cpu_count, cpu_load_between, read_proc_stat
 from .options import NO_SYSTEM, SystemSample
 
@@ -114,7 +115,7 @@ class PyLatencyMonitor(_LatencyViews):
     """Per-inference latency statistics: a window of the last `size` latencies (p50/p95 on demand), the
     deadline-miss rate over the same window, EWMAs of latency and of the slowdown factor (measured /
     profiled median of the option that ran). The reference implementation: `_native.c` mirrors `update`
-    line by line, and `LatencyMonitor` is the native one when it is built."""
+    line by line, and `LatencyMonitor` is the native one when it is in use."""
 
     __slots__ = ("size", "lat", "miss", "pos", "count", "alpha", "ewma_ms", "ewma_slowdown", "n", "n_missed", "_missed_in")
 
@@ -150,15 +151,14 @@ class PyLatencyMonitor(_LatencyViews):
         return self.lat[:self.count]
 
 
-try:
-    from ._native import LatencyMonitorCore
+if native.core is not None:
 
-    class NativeLatencyMonitor(LatencyMonitorCore, _LatencyViews):
+    class NativeLatencyMonitor(native.core.LatencyMonitorCore, _LatencyViews):
         """`PyLatencyMonitor` with `update` in C (the native serving path calls it without Python)."""
 
         __slots__ = ()
 
-except ImportError:  # built without a C compiler: the reference runs
+else:  # not built, or DYNADNN_NATIVE=0 (see `native`): the reference runs
     NativeLatencyMonitor = None  # type: ignore[assignment,misc]
 
 LatencyMonitor = NativeLatencyMonitor or PyLatencyMonitor

@@ -2,8 +2,8 @@
 the policy decide, turn the knobs when it changes its mind, record the frame.
 
 Why a module of its own: this is the only code that runs at every inference, so it is written twice.
-`PyServing` is the reference, readable and used wherever the C extension is not built; `ServingCore` in
-`_native.c` is the same path in C, which the manager uses when it is: right after an inference the
+`PyServing` is the reference, readable and used wherever the C extension is not (see `native`);
+`ServingCore` in `_native.c` is the same path in C, which the manager uses when it is: after an inference the
 caches are cold and each interpreted line costs about a microsecond, which alone breaks the manager's
 20 us budget per inference (measured: see BENCHMARKS.md, "decision path"). Both have one interface:
 
@@ -26,6 +26,8 @@ from __future__ import annotations
 import time
 from array import array
 from typing import Any, Callable, Sequence
+
+from . import native
 
 clock = time.perf_counter  # CLOCK_MONOTONIC, as `now_s` in _native.c
 cpu_clock = time.thread_time  # CLOCK_THREAD_CPUTIME_ID, as `cpu_s`
@@ -121,10 +123,9 @@ class PyServing:
         return list(self._switches)
 
 
-try:
-    from ._native import ServingCore
+if native.core is not None:
 
-    class NativeServing(ServingCore):
+    class NativeServing(native.core.ServingCore):
         """`PyServing` in C; `records()` copies the C-owned columns into a `Records`."""
 
         def records(self) -> Records:
@@ -133,7 +134,7 @@ try:
                 getattr(r, name).frombytes(self.column(name))
             return r
 
-except ImportError:  # built without a C compiler: the reference runs
+else:  # not built, or DYNADNN_NATIVE=0 (see `native`): the reference runs
     NativeServing = None  # type: ignore[assignment,misc]
 
 Serving = NativeServing or PyServing

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from ...errors import UserError
+from .. import native
 from .base import Policy
 from .dofa import DofaPolicy
-from .feedback import NATIVE, FeedbackPolicy, NativeFeedbackPolicy
+from .feedback import FeedbackParams, FeedbackPolicy, NativeFeedbackPolicy
 from .oracle import OraclePolicy
 from .static import StaticPolicy
 
 REGISTRY: dict[str, type[Policy]] = {
     "static": StaticPolicy,
     "dofa": DofaPolicy,
-    "feedback": NativeFeedbackPolicy if NATIVE else FeedbackPolicy,  # the same law; C when it is built
+    "feedback": NativeFeedbackPolicy if native.NATIVE else FeedbackPolicy,  # the same law; C when in use
     "oracle": OraclePolicy,
 }
 
@@ -25,5 +26,5 @@ def make_policy(name: str, **kwargs) -> Policy:
     return cls(**kwargs)
 
 
-__all__ = ["Policy", "REGISTRY", "make_policy", "StaticPolicy", "DofaPolicy", "FeedbackPolicy", "NativeFeedbackPolicy",
-           "OraclePolicy"]
+__all__ = ["Policy", "REGISTRY", "make_policy", "StaticPolicy", "DofaPolicy", "FeedbackParams", "FeedbackPolicy",
+           "NativeFeedbackPolicy", "OraclePolicy"]

@@ -28,6 +28,10 @@ prepared at the last switch; the search over all options runs only when a thresh
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields, replace
+
+from ...errors import UserError
+from .. import native
 from ..monitors import SortedWindow
 from ..options import Option, SystemSample, Targets, by_accuracy, fastest
 from .base import Policy
@@ -35,25 +39,56 @@ from .base import Policy
 Model = tuple  # (m, e_ms, factor) per context
 
 
+@dataclass(frozen=True)
+class FeedbackParams:
+    """The feedback law's parameters: the one record both implementations are built from (the Python
+    policy copies it onto itself at `reset`; the C core reads each field from it by name, and
+    `_native.FEEDBACK_PARAMS` lists the names it reads). The defaults live here and nowhere else."""
+
+    margin: float = 0.10         # deadline / (1 + margin) is the budget a prediction must meet
+    up_hysteresis: float = 0.05  # extra margin for an upward move
+    window: int = 40             # slowdown ratios kept per thread-count context
+    min_samples: int = 8         # before this many, the idle profile stands in for the window
+    stale_s: float = 2.0         # another context's own window counts for this long after it last ran
+    dwell_s: float = 0.3         # an upward move must fit continuously for this long ...
+    min_dwell_s: float = 0.2     # ... and at least this long after the last switch
+    probe_s: float = 1.5         # persistent slack this long (doubling after a missed probe): probe up
+    probe_slack: float = 0.5     # slack = current p95 below probe_slack x deadline
+    sync_penalty: float = 3.0    # a context with more threads than free CPUs: its prediction x this
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if type(f.default) is int and (type(v) is not int or v < 1):
+                raise UserError(f"feedback: {f.name} must be an integer >= 1, got {v!r}")
+            if type(f.default) is float and (type(v) not in (int, float) or not v >= 0):
+                raise UserError(f"feedback: {f.name} must be a number >= 0, got {v!r}")
+
+    def with_(self, **changes) -> "FeedbackParams":
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise UserError(f"feedback: unknown parameter(s) {', '.join(unknown)}: expected "
+                            f"{', '.join(f.name for f in fields(self))}")
+        return replace(self, **changes)
+
+
 class FeedbackPolicy(Policy):
     name = "feedback"
     implementation = "python"  # the reference; `NativeFeedbackPolicy` runs the same law in C
 
-    def __init__(self, margin: float = 0.10, up_hysteresis: float = 0.05, window: int = 40,
-                 min_samples: int = 8, stale_s: float = 2.0, dwell_s: float = 0.3, min_dwell_s: float = 0.2,
-                 probe_s: float = 1.5, probe_slack: float = 0.5, sync_penalty: float = 3.0):
+    def __init__(self, params: FeedbackParams | None = None, **changes):
+        """`FeedbackPolicy(FeedbackParams(...))`, or keyword changes to the defaults (`probe_s=0.5`)."""
         super().__init__()
-        self.margin, self.up_hysteresis = margin, up_hysteresis
-        self.window_size, self.min_samples, self.stale_s = window, min_samples, stale_s
-        self.dwell_s, self.min_dwell_s = dwell_s, min_dwell_s
-        self.probe_s, self.probe_slack, self.sync_penalty = probe_s, probe_slack, sync_penalty
+        self.params = (params or FeedbackParams()).with_(**changes)
+        self.__dict__.update(asdict(self.params))
 
     def reset(self, options: tuple[Option, ...], targets: Targets, start: int | None = None) -> int:
+        self.__dict__.update(asdict(self.params))  # the record is the source: re-read at every reset
         self.options = tuple(options)
         self.order = by_accuracy(self.options)
         self.rank = {opt: r for r, opt in enumerate(self.order)}  # 0 = most accurate
         self.threads = sorted({o.threads for o in self.options})
-        self.ratios = {t: SortedWindow(self.window_size) for t in self.threads}
+        self.ratios = {t: SortedWindow(self.window) for t in self.threads}
         self.last_seen = {t: -1e18 for t in self.threads}
         self.ref_p50 = {t: 1.0 for t in self.threads}  # p50 of the option whose ratios the window holds
         self.idle_tail = {}
@@ -241,9 +276,8 @@ class FeedbackPolicy(Policy):
         self._prepare(self._tg)
 
     def describe(self) -> dict:
-        return {"policy": self.name, "implementation": self.implementation, "margin": self.margin,
-                "up_hysteresis": self.up_hysteresis,
-                "dwell_s": self.dwell_s, "probe_s": self.probe_s, "model": "p95 = p50 x median ratio + tail excess"}
+        return {"policy": self.name, "implementation": self.implementation, **asdict(self.params),
+                "model": "p95 = p50 x median ratio + tail excess"}
 
 
 def _state(name: str) -> property:
@@ -271,29 +305,21 @@ class NativeFeedbackPolicy(FeedbackPolicy):
     probe_wait = _state("probe_wait")
     probing = _state("probing")
 
-    def reset(self, options: tuple[Option, ...], targets: Targets, start: int | None = None) -> int:
-        from .._native import FeedbackCore
+    def __init__(self, params: FeedbackParams | None = None, **changes):
+        if native.core is None:
+            raise RuntimeError(f"NativeFeedbackPolicy: the C path is not in use: {native.describe()}")
+        super().__init__(params, **changes)
 
+    def reset(self, options: tuple[Option, ...], targets: Targets, start: int | None = None) -> int:
         self.__dict__.pop("step", None)
         self.__dict__.pop("force", None)
         self.core = None
         cur = super().reset(options, targets, start)
         ctx = {th: k for k, th in enumerate(self.threads)}
-        self.core = FeedbackCore(
+        self.core = native.core.FeedbackCore(
             p50=[o.p50_ms for o in self.options], ctx_of=[ctx[o.threads] for o in self.options],
             ctx_threads=self.threads, order=self.order, idle_tail=[self.idle_tail[t] for t in self.threads],
-            window=self.window_size, min_samples=self.min_samples, margin=self.margin,
-            up_hysteresis=self.up_hysteresis, stale_s=self.stale_s, dwell_s=self.dwell_s,
-            min_dwell_s=self.min_dwell_s, probe_s=self.probe_s, probe_slack=self.probe_slack,
-            sync_penalty=self.sync_penalty, current=cur, targets=targets)
+            params=self.params, current=cur, targets=targets)
         self.step = self.core.step  # type: ignore[method-assign]
         self.force = self.core.force  # type: ignore[method-assign]
         return cur
-
-
-try:
-    from .. import _native  # noqa: F401
-
-    NATIVE = True
-except ImportError:  # built without a C compiler: the reference runs
-    NATIVE = False
