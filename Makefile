@@ -18,6 +18,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	# the runtime again on the pure-Python references (runtime/native.py): the fallback when C is not built
+	DYNADNN_NATIVE=0 $(PY) -m pytest -q tests/test_runtime_*.py
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
