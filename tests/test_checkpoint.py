@@ -20,7 +20,8 @@ from dynadnn.errors import ArchError, CheckpointError, UserError
 from dynadnn.space import Arch, SearchSpace, load_space
 from dynadnn.supernet import SuperNet, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dynadnn.supernet import checkpoint as ckpt_module
-from dynadnn.supernet.checkpoint import atomic_write, to_ofa_state_dict
+from dynadnn.fileio import atomic_write
+from dynadnn.supernet.checkpoint import to_ofa_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
-from .jsonfile import read_json_object
+from .fileio import read_json_object, read_safetensors
 from .space import Arch, SearchSpace, load_space
 
 FORMAT = "dynadnn.family/1"
@@ -104,7 +104,7 @@ class Family:
         import torch
         from safetensors.torch import save_file
 
-        from .supernet.checkpoint import atomic_write
+        from .fileio import atomic_write
 
         directory = Path(directory)
         try:
@@ -143,9 +143,6 @@ class Family:
     def load(cls, directory: str | Path, preset: str | None = None, checkpoint: str | Path | None = None) -> "Family":
         """Read and validate a family. `preset`: refuse a family of another preset. `checkpoint`: warn when
         its sha256 differs from the one the family was built from."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         jpath, wpath = directory / JSON_NAME, directory / WEIGHTS_NAME
         if not jpath.is_file():
@@ -172,10 +169,7 @@ class Family:
             raise FamilyError(f"{directory}: {WEIGHTS_NAME} is missing (the members' BN statistics)")
         if doc.get("weights_sha256") and sha256_file(wpath) != doc["weights_sha256"]:
             raise FamilyError(f"{wpath}: does not match {JSON_NAME} (field 'weights_sha256'); re-run the search")
-        try:
-            tensors = load_file(str(wpath))
-        except (SafetensorError, OSError) as exc:
-            raise FamilyError(f"{wpath}: not a readable safetensors file ({exc})") from None
+        tensors = read_safetensors(wpath, FamilyError)[0]
         members = []
         for i, md in enumerate(members_doc):
             where = f"{jpath}: members[{i}]"

@@ -18,7 +18,7 @@ def plot_front(family: Family, out: str | Path, title: str | None = None) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .supernet.checkpoint import atomic_write
+    from .fileio import atomic_write
 
     contexts = family.contexts
     fig, axes = plt.subplots(1, len(contexts), figsize=(5.5 * len(contexts), 4.2), squeeze=False)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import ArchError, UserError
+from .fileio import parse_json
 
 ACTIVATIONS = ("relu", "h_swish")
 
@@ -78,11 +79,7 @@ class Arch:
 
     @classmethod
     def from_json(cls, text: str) -> "Arch":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ArchError(f"arch: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "arch", ArchError))
 
     def short(self) -> str:
         """A compact human-readable name, e.g. `d2343-r224-k355..-e346..`."""
@@ -351,8 +348,4 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         if not path.is_file():
             raise UserError(f"unknown preset '{name_or_path}': expected one of {', '.join(list_presets())} or a JSON file")
         text = path.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return SearchSpace.from_dict(data, source)
+    return SearchSpace.from_dict(parse_json(text, source), source)

@@ -31,14 +31,14 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .data import load_dataset, resize_batch
 from .errors import CheckpointError, UserError
+from .fileio import atomic_write, read_safetensors
 from .space import Arch, SearchSpace, load_space
 from .supernet import SuperNet, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .supernet.checkpoint import atomic_write
 
 
 @dataclass
@@ -160,17 +160,14 @@ def save_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int)
 
 def load_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> bool:
     """Restore momentum buffers if the state file belongs to the same step; False (and a warning) if not."""
-    from safetensors import safe_open
-
     if not path.is_file():
         warnings.warn(f"{path}: missing; resuming with fresh optimizer momentum", stacklevel=2)
         return False
-    with safe_open(str(path), framework="pt") as fh:
-        saved = int((fh.metadata() or {}).get("step", -1))
+    saved = int(read_safetensors(path, CheckpointError, tensors=False)[1].get("step", -1))
     if saved != step:
         warnings.warn(f"{path}: is from step {saved}, the checkpoint from {step}; fresh momentum", stacklevel=2)
         return False
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path, CheckpointError)[0]
     for gi, group in enumerate(optimizer.param_groups):
         for pi, p in enumerate(group["params"]):
             buf = tensors.get(f"momentum.{gi}.{pi}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -111,7 +110,8 @@ def hold_pages() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..supernet.checkpoint import atomic_write, load_checkpoint
+    from ..fileio import write_json
+    from ..supernet.checkpoint import load_checkpoint
 
     threads = parse_int_list(args.threads, "--threads")
     res = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
@@ -127,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
     reports = profile_device(net, contexts, out, res, args.runs, args.warmup, args.members, args.member_runs,
                              str(args.checkpoint), args.backend)
     summary = {"preset": net.space.name, "contexts": contexts, "reports": reports}
-    text = json.dumps(summary, indent=1)
-    atomic_write(out / "profile.json", lambda p: Path(p).write_text(text))
+    write_json(out / "profile.json", summary, indent=1)
     print(f"{'context':8s} {'members':>7s} {'MAPE raw':>9s} {'MAPE corr':>9s} {'tau raw':>8s} {'tau corr':>8s} {'range ms':>14s}")
     for ctx, r in reports.items():
         print(f"{ctx:8s} {r['members']:7d} {r['mape_raw']:8.1f}% {r['mape_corrected']:8.1f}% {r['tau_raw']:8.3f} "

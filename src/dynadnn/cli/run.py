@@ -4,7 +4,6 @@ come and go, and write what happened."""
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 from pathlib import Path
 
@@ -122,10 +121,10 @@ def run(args) -> int:
     png = plot_traces(traces, out / "trace.png")
     print_summary(traces, Console(), title=f"scenario '{scenario.name}', deadline {st.manager.targets.deadline_ms:.3f} ms")
     summary = {tr.policy: tr.summary() for tr in traces}
-    from ..supernet.checkpoint import atomic_write
+    from ..fileio import write_json
 
-    atomic_write(out / "summary.json", lambda p: Path(p).write_text(json.dumps(
-        {"deadline_ms": st.manager.targets.deadline_ms, "scenario": scenario.name, "policies": summary, **extra}, indent=1)))
+    write_json(out / "summary.json", {"deadline_ms": st.manager.targets.deadline_ms, "scenario": scenario.name,
+                                      "policies": summary, **extra}, indent=1)
     for p in paths + [png, out / "summary.json"]:
         print(p)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from pathlib import Path
@@ -153,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     from ..predict.latency import load_tables
     from ..predict.profiling import context_device
     from ..search import NSGA2Search, SearchProblem
-    from ..supernet.checkpoint import atomic_write, load_checkpoint, resolve_checkpoint_path
+    from ..fileio import write_json
+    from ..supernet.checkpoint import load_checkpoint, resolve_checkpoint_path
     from .profile import profile_device
 
     contexts = [c.strip() for c in args.contexts.split(",") if c.strip()]
@@ -276,7 +276,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(rows)} candidates measured: {len(dropped)} dominated by the measurements, {len(thinned)} more "
           f"thinned out to keep at most {args.members}")
     print(f"family of {len(fam.members)} written to {out}/ (archive of {len(archs)} non-dominated architectures)")
-    text = json.dumps({"predictor_fit": fit, "members": len(fam.members), "candidates": len(rows),
-                       "dropped": len(dropped), "thinned": len(thinned)}, indent=1)
-    atomic_write(out / "search.json", lambda p: Path(p).write_text(text))
+    write_json(out / "search.json", {"predictor_fit": fit, "members": len(fam.members), "candidates": len(rows),
+                                     "dropped": len(dropped), "thinned": len(thinned)}, indent=1)
     return 0

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..jsonfile import read_json_object
+from ..fileio import read_json_object, read_safetensors
 from ..space import Arch, SearchSpace
 from .genes import GeneCoding
 
@@ -133,7 +133,7 @@ class AccuracyPredictor:
     def save(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        from ..supernet.checkpoint import atomic_write
+        from ..fileio import atomic_write
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -147,9 +147,6 @@ class AccuracyPredictor:
 
     @classmethod
     def load(cls, directory: str | Path, space: SearchSpace) -> "AccuracyPredictor":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         meta_path, weights = directory / "predictor.json", directory / "predictor.safetensors"
         if not meta_path.is_file() or not weights.is_file():
@@ -157,10 +154,7 @@ class AccuracyPredictor:
         meta = read_json_object(meta_path, PREDICTOR_FORMAT)
         if meta.get("preset") != space.name:
             raise UserError(f"{meta_path}: predictor is for preset '{meta.get('preset')}', not '{space.name}'")
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError) as exc:
-            raise UserError(f"{weights}: not a readable safetensors file ({exc})") from None
+        state = read_safetensors(weights)[0]
         keep = {k: v for k, v in meta.items() if k not in ("format", "preset", "encoding_size", "hidden", "output")}
         return cls._from_state(state, space, str(weights), keep)
 

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import UserError
-from ..jsonfile import read_json_object
+from ..fileio import read_json_object
 from ..space import Arch, SearchSpace
 from .genes import GeneCoding
 
@@ -353,7 +353,7 @@ class LatencyTable:
     def save(self, directory: str | Path, meta: Mapping[str, Any] | None = None, yaml_too: bool = False) -> Path:
         """Write Dynamic-OFA's layout (one JSON per resolution) plus `table.json` (context, preset,
         correction, provenance); each file atomically."""
-        from ..supernet.checkpoint import atomic_write
+        from ..fileio import atomic_write
 
         directory = Path(directory)
         try:

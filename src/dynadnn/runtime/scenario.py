@@ -19,7 +19,6 @@ manager cannot leave busy loops behind.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..fileio import parse_json
 
 clock = time.perf_counter
 KINDS = ("busy", "matmul")
@@ -169,11 +169,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         if not res.is_file():
             raise UserError(f"unknown scenario '{name_or_path}': expected a JSON file or one of {', '.join(list_scenarios())}")
         text, source = res.read_text(), f"scenario '{name_or_path}'"
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    return parse_scenario(doc, source)
+    return parse_scenario(parse_json(text, source), source)
 
 
 class CompetitorPool:

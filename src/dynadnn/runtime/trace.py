@@ -6,14 +6,13 @@ over time, switches marked, competitor phases shaded: Dynamic-OFA's Fig. 7 style
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..supernet.checkpoint import atomic_write
+from ..fileio import atomic_write, write_json
 
 
 @dataclass
@@ -90,8 +89,7 @@ class Trace:
     def write(self, out_dir: str | Path, name: str = "trace") -> tuple[Path, Path]:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_json(), default=_jsonable)
-        jpath = atomic_write(out / f"{name}.json", lambda p: Path(p).write_text(text))
+        jpath = write_json(out / f"{name}.json", self.to_json(), default=_jsonable)
         ppath = plot_traces([self], out / f"{name}.png")
         return jpath, ppath
 

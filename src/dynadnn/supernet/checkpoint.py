@@ -14,20 +14,17 @@ stay identity), optionally wrapped as `{"state_dict": ...}` and/or prefixed with
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write, parse_json, read_safetensors
 from ..space import SearchSpace, list_presets, load_space
 from .network import SuperNet
 
@@ -187,30 +184,34 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     path = resolve_checkpoint_path(path)
     if not _is_safetensors(path):
         return {}
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("dynadnn")
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    raw = read_safetensors(path, CheckpointError, tensors=False)[1].get("dynadnn")
     if raw is None:
         return {}
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: metadata field 'dynadnn' is not valid JSON") from None
+    doc = parse_json(raw, f"{path}: metadata field 'dynadnn'", CheckpointError)
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path}: metadata field 'dynadnn' must be a JSON object, got {type(doc).__name__}")
     return doc
 
 
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    text = str(path)
-    if text.startswith("zoo:"):
-        from ..zoo import zoo_path  # the registry of shipped models
+# `SCHEME:NAME` paths (`zoo:animals`): a higher layer registers the resolver of its scheme at import
+# (`dynadnn.zoo` registers `zoo`; `import dynadnn` imports it), so this module never imports it.
+_SCHEMES: dict[str, Callable[[str], Path]] = {}
 
-        return zoo_path(text[4:])
+
+def register_scheme(scheme: str, resolver: Callable[[str], Path]) -> None:
+    """Accept `SCHEME:NAME` wherever a checkpoint path is: `resolver(NAME)` returns the file (or raises a
+    one-line `CheckpointError`)."""
+    if not scheme.isidentifier() or len(scheme) < 2:  # one letter would shadow a Windows drive ("C:")
+        raise ValueError(f"checkpoint path scheme must be an identifier of 2+ characters, got {scheme!r}")
+    _SCHEMES[scheme] = resolver
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """The file behind a checkpoint path: a registered `SCHEME:NAME`, or an existing file."""
+    text = str(path)
+    scheme, sep, name = text.partition(":")
+    if sep and scheme in _SCHEMES:
+        return _SCHEMES[scheme](name)
     p = Path(text)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
@@ -244,10 +245,7 @@ def load_checkpoint(path: str | Path, preset: str | SearchSpace | None = None) -
             space = load_space(meta["preset"])
         else:
             raise CheckpointError(f"{p}: no 'preset' in its metadata; pass --preset")
-        try:
-            tensors = load_file(str(p))
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{p}: not a readable safetensors file ({exc})") from None
+        tensors = read_safetensors(p, CheckpointError)[0]
         net = SuperNet(space)
         _fit(net, tensors, str(p))
         return net.eval(), meta
@@ -265,31 +263,10 @@ def load_checkpoint(path: str | Path, preset: str | SearchSpace | None = None) -
     return net.eval(), {"preset": space.name, "source": str(p), "format": "ofa"}
 
 
-def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then rename onto `path`: readers never see a partial file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(f"{path.parent}: cannot write here ({exc.strerror})") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the artifact should be as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_checkpoint(net: SuperNet, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
     """Write weights + metadata atomically. The preset's full description travels in the metadata, so a
     checkpoint of a custom space loads without its JSON file."""
     doc = {"format": FORMAT, "preset": net.space.name, "space": net.space.to_dict(), **(meta or {})}
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"dynadnn": json.dumps(doc)}))
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"dynadnn": json.dumps(doc)}),
+                        CheckpointError)

@@ -2,16 +2,18 @@
 
 Each model is two files in this package: `NAME.safetensors` (a dynadnn checkpoint: weights plus JSON metadata
 with the preset, data, recipe and metrics) and `NAME.json` (description, metrics and the exact command that
-reproduces it). `zoo:NAME` is accepted wherever a checkpoint path is (`load_checkpoint("zoo:animals")`).
+reproduces it). `zoo:NAME` is accepted wherever a checkpoint path is (`load_checkpoint("zoo:animals")`):
+importing this package registers the `zoo` scheme with `supernet.checkpoint` (`import dynadnn` does).
 """
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
+from ..fileio import read_json_object
+from ..supernet.checkpoint import register_scheme
 
 
 def _root():
@@ -24,8 +26,8 @@ def list_models() -> dict[str, str]:
     for entry in sorted(_root().iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".json") and _root().joinpath(entry.name[:-5] + ".safetensors").is_file():
             try:
-                out[entry.name[:-5]] = json.loads(entry.read_text()).get("description", "")
-            except json.JSONDecodeError:
+                out[entry.name[:-5]] = read_json_object(Path(str(entry))).get("description", "")
+            except UserError:
                 continue
     return out
 
@@ -33,7 +35,7 @@ def list_models() -> dict[str, str]:
 def model_card(name: str) -> dict:
     """The JSON card of a shipped model (description, metrics, command)."""
     zoo_path(name)
-    return json.loads(_root().joinpath(f"{name}.json").read_text())
+    return read_json_object(Path(str(_root().joinpath(f"{name}.json"))), error=CheckpointError)
 
 
 def zoo_path(name: str) -> Path:
@@ -43,3 +45,6 @@ def zoo_path(name: str) -> Path:
         available = ", ".join(f"zoo:{n}" for n in list_models()) or "none"
         raise CheckpointError(f"zoo:{name}: no such shipped model (available: {available})")
     return Path(str(f))
+
+
+register_scheme("zoo", zoo_path)

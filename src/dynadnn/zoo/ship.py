@@ -21,7 +21,7 @@ def ship(ckpt: str, name: str, description: str, n_random: int = 0) -> dict:
     from ..data import load_dataset
     from ..evaluate import evaluate_members, parse_subnets
     from ..supernet import load_checkpoint
-    from ..supernet.checkpoint import atomic_write
+    from ..fileio import atomic_write, write_text
 
     src = Path(ckpt)
     if src.stat().st_size > MAX_BYTES:
@@ -44,7 +44,7 @@ def ship(ckpt: str, name: str, description: str, n_random: int = 0) -> dict:
     }
     root = Path(__file__).resolve().parent
     atomic_write(root / f"{name}.safetensors", lambda tmp: shutil.copyfile(src, tmp))
-    atomic_write(root / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(card, indent=2) + "\n"))
+    write_text(root / f"{name}.json", json.dumps(card, indent=2) + "\n")
     for f in (root / f"{name}.safetensors", root / f"{name}.json"):
         f.chmod(0o644)
     return card

@@ -1,0 +1,91 @@
+"""Reading and writing the project's artifacts: atomic writes, JSON and safetensors with one-line errors.
+
+A leaf module: it imports only `dynadnn.errors`, the standard library and (lazily) safetensors, so every
+layer can use it. Writers go through `atomic_write` (a temporary file in the target's folder, renamed onto
+it), so a crash never leaves half an artifact. Readers turn every way a file can be unreadable into one
+`UserError` line (or the subclass the caller passes as `error`) that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+
+
+def atomic_write(path: str | Path, write: Callable[[str], Any], error: type[UserError] = UserError) -> Path:
+    """Call `write(tmp_path)` then rename onto `path`: readers never see a partial file. A folder that cannot
+    be made or written raises `error`; anything `write` raises propagates, and the temporary file is gone."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise error(f"{path.parent}: cannot write here ({exc.strerror})") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the artifact should be as readable as any file
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str, error: type[UserError] = UserError) -> Path:
+    """Write `text` to `path` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text), error)
+
+
+def write_json(path: str | Path, doc: Any, error: type[UserError] = UserError, **dumps: Any) -> Path:
+    """Write `json.dumps(doc, **dumps)` to `path` atomically. The text is built before anything touches the
+    disk, so a document that cannot be serialised leaves no file behind."""
+    return write_text(path, json.dumps(doc, **dumps), error)
+
+
+def parse_json(text: str, source: str, error: type[UserError] = UserError) -> Any:
+    """`json.loads(text)`, a syntax error becoming one line: `SOURCE: not valid JSON (why at line N)`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def read_json_object(path: str | Path, expect_format: str | None = None,
+                     error: type[UserError] = UserError) -> dict[str, Any]:
+    """The JSON object in `path`; with `expect_format`, its `format` field must equal it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not valid JSON (not UTF-8 text)") from None
+    doc = parse_json(text, str(path), error)
+    if not isinstance(doc, dict):
+        raise error(f"{path}: expected a JSON object")
+    if expect_format is not None and doc.get("format") != expect_format:
+        raise error(f"{path}: field 'format' is {doc.get('format')!r}; expected '{expect_format}'")
+    return doc
+
+
+def read_safetensors(path: str | Path, error: type[UserError] = UserError,
+                     tensors: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+    """`(tensors, metadata)` of a safetensors file, on the CPU; with `tensors=False` only its header's
+    metadata is read (the tensor dict is empty). An unreadable or malformed file raises `error`."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            out = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
+    except (SafetensorError, OSError) as exc:
+        raise error(f"{path}: not a readable safetensors file ({exc})") from None
+    return out, meta
