@@ -14,7 +14,7 @@ from torch import nn
 
 from dynadnn.data import load_dataset
 from dynadnn.errors import UserError
-from dynadnn.evaluate import count_macs, evaluate_members, member_cost, parse_subnets
+from dynadnn.evaluate import count_macs_params, evaluate_members, member_cost, parse_subnets
 from dynadnn.space import load_space
 from dynadnn.supernet import SuperNet
 from dynadnn.train import Recipe, train
@@ -38,7 +38,8 @@ def test_count_macs_matches_the_formula():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 5, stride=2, padding=2, groups=8),
                           nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
     expected = 8 * 8 * 8 * 9 * 3 + 8 * 4 * 4 * 25 * 1 + 128 * 10
-    assert count_macs(model, torch.zeros(1, 3, 8, 8)) == expected
+    params = (8 * 3 * 9 + 8) + (8 * 25 + 8) + (128 * 10 + 10)
+    assert count_macs_params(model, (3, 8, 8)) == (expected, params)
 
 
 def test_member_cost_orders_max_above_min():

@@ -6,7 +6,8 @@ import random
 
 import numpy as np
 
-from dynadnn.predict.flops import FlopsModel, count_macs_params
+from dynadnn.evaluate import count_macs_params
+from dynadnn.predict.flops import FlopsModel
 from dynadnn.predict.genes import GeneCoding
 from dynadnn.space import load_space
 from dynadnn.supernet import SuperNet

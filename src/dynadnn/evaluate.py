@@ -20,36 +20,35 @@ from .space import Arch, SearchSpace
 from .supernet import SuperNet
 
 
-def count_macs(model: nn.Module, x: Tensor) -> int:
-    """Multiply-accumulates of one forward pass on `x` (batch 1), counted with hooks on Conv2d and Linear."""
+def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(MACs, parameters) of `model` on one input of `input_shape` (no batch dimension), counted with hooks
+    (the cross-check for `predict.FlopsModel`): every Conv2d contributes out_h * out_w * out_c * (in_c /
+    groups) * k_h * k_w, every Linear out * in; element-wise work is not counted. Parameters: all of them.
+    Puts `model` in eval mode."""
     total = 0
 
-    def conv_hook(m: nn.Conv2d, inp, out):
+    def conv_hook(m: nn.Conv2d, _inp, out):
         nonlocal total
-        k = m.weight.shape[2] * m.weight.shape[3]
-        total += out.shape[1] * out.shape[2] * out.shape[3] * k * (m.in_channels // m.groups)
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
 
-    def linear_hook(m: nn.Linear, inp, out):
+    def linear_hook(m: nn.Linear, _inp, out):
         nonlocal total
-        total += m.in_features * m.out_features
+        total += out.numel() // out.shape[0] * m.in_features
 
     handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
     try:
         with torch.no_grad():
-            model(x[:1])
+            model.eval()(torch.zeros(1, *input_shape))
     finally:
         for h in handles:
             h.remove()
-    return total
+    return total, sum(p.numel() for p in model.parameters())
 
 
 def member_cost(net: SuperNet, arch: Arch) -> tuple[int, int]:
     """(MACs, parameters) of the member as a static network (BN folded, as the runtime runs it)."""
-    static = net.extract(arch).fuse().eval()
-    x = torch.zeros(1, net.space.in_channels, arch.r, arch.r)
-    params = sum(p.numel() for p in static.parameters())
-    return count_macs(static, x), params
+    return count_macs_params(net.extract(arch).fuse(), (net.space.in_channels, arch.r, arch.r))
 
 
 @torch.no_grad()

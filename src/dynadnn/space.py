@@ -94,6 +94,106 @@ class StageSpec:
     se: bool
 
 
+# ----------------------------------------------------------------------------------------------------
+# The layers of a space at one resolution: the one walk from a preset to its layers. The super-network
+# builds its modules from it, the latency table its layers and keys, the FLOPs model its counts and
+# profiling its per-layer modules.
+# ----------------------------------------------------------------------------------------------------
+def out_size(f: int, stride: int) -> int:
+    """OFA's output feature size: `int((f - 1) / stride + 1)` (same-padding convolution)."""
+    return int((f - 1) / stride + 1)
+
+
+def middle_width(cin: int, expand: float, divisor: int = 8) -> int:
+    """An inverted-residual block's middle (expanded) width, as OFA rounds it."""
+    return make_divisible(round(cin * expand), divisor)
+
+
+def se_width(mid: int, divisor: int = 8) -> int:
+    """The squeeze-and-excite hidden width for a middle width, as OFA rounds it."""
+    return make_divisible(mid // 4, divisor)
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """A fixed convolution: the first conv (3x3), the final expand and the feature mix (1x1)."""
+
+    fin: int  # input feature size
+    cin: int
+    cout: int
+    kernel: int
+    stride: int
+    act: str
+    bn: bool  # followed by batch norm (so biased once BN is folded)
+
+    @property
+    def fout(self) -> int:
+        return out_size(self.fin, self.stride)
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """One inverted-residual block of the super-network as every member sees it at one resolution. `index`
+    is its position among the super-network's blocks (0: the fixed first block; elastic slot b is index
+    b + 1), `stage` is -1 for the first block. The first block does not expand (`e_choices` (1,)): its middle
+    width is its input width. Blocks after the first of a stage see the stage's output size whatever the
+    depth, so `fin` holds for every member."""
+
+    index: int
+    stage: int
+    fin: int
+    cin: int
+    cout: int
+    stride: int
+    act: str
+    se: bool
+    ks_choices: tuple[int, ...]
+    e_choices: tuple[int, ...]
+    divisor: int = 8
+
+    @property
+    def fout(self) -> int:
+        return out_size(self.fin, self.stride)
+
+    @property
+    def expands(self) -> bool:
+        return max(self.e_choices) != 1
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.cin == self.cout
+
+    def mid(self, e: float) -> int:
+        """Middle width at expand ratio `e`."""
+        return middle_width(self.cin, e, self.divisor) if self.expands else self.cin
+
+    @property
+    def max_mid(self) -> int:
+        return self.mid(max(self.e_choices))
+
+    def se_width(self, mid: int) -> int:
+        return se_width(mid, self.divisor)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every layer any member of a space runs at input resolution `r`, in order: the first conv, the fixed
+    first block then every elastic block slot (stages x max depth), the final expand, global pooling, the
+    feature mix and the classifier (`feature_mix` -> `n_classes`)."""
+
+    r: int
+    stem: ConvShape
+    blocks: tuple[BlockShape, ...]
+    final: ConvShape
+    mix: ConvShape
+    n_classes: int
+
+    @property
+    def slots(self) -> tuple[BlockShape, ...]:
+        """The elastic blocks, by slot (what `Arch.ks` / `Arch.e` index)."""
+        return self.blocks[1:]
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """A preset: the fixed skeleton of an elastic MobileNetV3 plus its elastic choices."""
@@ -198,10 +298,26 @@ class SearchSpace:
         return [s * self.max_depth + i for s, d in enumerate(arch.d) for i in range(d)]
 
     def middle_width(self, in_width: int, expand: float) -> int:
-        return make_divisible(round(in_width * expand), self.divisor)
+        return middle_width(in_width, expand, self.divisor)
 
     def se_width(self, mid: int) -> int:
-        return make_divisible(mid // 4, self.divisor)
+        return se_width(mid, self.divisor)
+
+    def layout(self, r: int) -> Layout:
+        """The layers of every member at input resolution `r` (see `Layout`). Channels, kernels and strides do
+        not depend on `r`: the super-network is built from any resolution's layout."""
+        fc, fb = self.first_conv, self.first_block
+        stem = ConvShape(r, self.in_channels, fc.width, 3, fc.stride, fc.act, True)
+        blocks = [BlockShape(0, -1, stem.fout, fc.width, fb.width, fb.stride, fb.act, fb.se, (3,), (1,), self.divisor)]
+        for s, st in enumerate(self.stages):
+            for i in range(self.max_depth):
+                prev = blocks[-1]
+                blocks.append(BlockShape(len(blocks), s, prev.fout, prev.cout, st.width, st.stride if i == 0 else 1,
+                                         st.act, st.se, self.ks_choices, self.e_choices, self.divisor))
+        last = blocks[-1]
+        final = ConvShape(last.fout, last.cout, self.final_expand, 1, 1, "h_swish", True)
+        mix = ConvShape(1, self.final_expand, self.feature_mix, 1, 1, "h_swish", False)
+        return Layout(r, stem, tuple(blocks), final, mix, self.n_classes)
 
     # --- validation -----------------------------------------------------------------------------
     def validate(self, arch: Arch) -> Arch:

@@ -5,7 +5,7 @@ Counted as hook-based counters count a model: every convolution contributes out_
 adds, pooling) is not counted. Parameters are those of the extracted (un-fused) static model:
 convolution and linear weights and biases plus BatchNorm affine parameters. As with latency, per
 (resolution, block slot, kernel, expand) costs are laid out once so that any number of architectures is
-one gather and one masked sum.
+one gather and one masked sum. The hook counter that cross-checks it is `evaluate.count_macs_params`.
 """
 
 from __future__ import annotations
@@ -14,26 +14,31 @@ from typing import Sequence
 
 import numpy as np
 
-from ..space import Arch, SearchSpace
+from ..space import Arch, BlockShape, ConvShape, SearchSpace
 from .genes import GeneCoding
-from .latency import out_size
 
 
-def _block_cost(space: SearchSpace, f: int, cin: int, cout: int, stride: int, se: bool, k: int, mid: int,
-                has_expand: bool) -> tuple[int, int]:
-    fo = out_size(f, stride)
+def _conv_cost(c: ConvShape) -> tuple[int, int]:
+    """(MACs, parameters) of a fixed convolution (its BN's affine parameters included)."""
+    weights = c.cin * c.cout * c.kernel * c.kernel
+    return c.fout * c.fout * weights, weights + (2 * c.cout if c.bn else 0)
+
+
+def _block_cost(b: BlockShape, k: int, e: int) -> tuple[int, int]:
+    """(MACs, parameters) of block `b` at kernel `k` and expand ratio `e`."""
+    f, fo, mid = b.fin, b.fout, b.mid(e)
     macs = params = 0
-    if has_expand:
-        macs += f * f * cin * mid
-        params += cin * mid + 2 * mid
+    if b.expands:
+        macs += f * f * b.cin * mid
+        params += b.cin * mid + 2 * mid
     macs += fo * fo * mid * k * k
     params += mid * k * k + 2 * mid
-    if se:
-        s = space.se_width(mid)
+    if b.se:
+        s = b.se_width(mid)
         macs += 2 * mid * s
         params += 2 * mid * s + s + mid
-    macs += fo * fo * mid * cout
-    params += mid * cout + 2 * cout
+    macs += fo * fo * mid * b.cout
+    params += mid * b.cout + 2 * b.cout
     return macs, params
 
 
@@ -47,28 +52,18 @@ class FlopsModel:
         self.fixed_macs = np.zeros(nr, dtype=np.int64)
         self.block_macs = np.zeros((nr, nb, nk, ne), dtype=np.int64)
         self.block_params = np.zeros((nb, nk, ne), dtype=np.int64)
-        fc, fb = s.first_conv, s.first_block
         for ri, r in enumerate(s.resolutions):
-            f = out_size(r, fc.stride)
-            macs = f * f * s.in_channels * fc.width * 9
-            m, p_first = _block_cost(s, f, fc.width, fb.width, fb.stride, fb.se, 3, fc.width, has_expand=False)
-            macs += m
-            f, cin = out_size(f, fb.stride), fb.width
-            b = 0
-            for st in s.stages:
-                for i in range(s.max_depth):
-                    stride = st.stride if i == 0 else 1
-                    for ki, k in enumerate(s.ks_choices):
-                        for ei, e in enumerate(s.e_choices):
-                            m, p = _block_cost(s, f, cin, st.width, stride, st.se, k, s.middle_width(cin, e), True)
-                            self.block_macs[ri, b, ki, ei] = m
-                            self.block_params[b, ki, ei] = p
-                    f, cin, b = out_size(f, stride), st.width, b + 1
-            macs += f * f * cin * s.final_expand + s.final_expand * s.feature_mix + s.feature_mix * s.n_classes
-            self.fixed_macs[ri] = macs
-        self.fixed_params = int(s.in_channels * fc.width * 9 + 2 * fc.width + p_first
-                                + cin * s.final_expand + 2 * s.final_expand + s.final_expand * s.feature_mix
-                                + s.feature_mix * s.n_classes + s.n_classes)
+            lay = s.layout(r)
+            first = lay.blocks[0]
+            classifier = lay.mix.cout * lay.n_classes
+            fixed = [_conv_cost(c) for c in (lay.stem, lay.final, lay.mix)] + [(classifier, classifier + lay.n_classes),
+                                                                               _block_cost(first, first.ks_choices[0], first.e_choices[0])]
+            self.fixed_macs[ri] = sum(m for m, _ in fixed)
+            self.fixed_params = int(sum(p for _, p in fixed))
+            for slot, b in enumerate(lay.slots):
+                for ki, k in enumerate(b.ks_choices):
+                    for ei, e in enumerate(b.e_choices):
+                        self.block_macs[ri, slot, ki, ei], self.block_params[slot, ki, ei] = _block_cost(b, k, e)
         self._r_pos = {r: i for i, r in enumerate(s.resolutions)}
 
     def _gather(self, genes: np.ndarray, coding: GeneCoding) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -95,32 +90,3 @@ class FlopsModel:
         archs = [archs] if isinstance(archs, Arch) else list(archs)
         coding = GeneCoding(self.space)
         return self.params_genes(coding.encode(archs), coding)
-
-
-def count_macs_params(model, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Hook-based count on any torch model (the cross-check for `FlopsModel`): conv and linear MACs, all
-    parameters."""
-    import torch
-    from torch import nn
-
-    total = [0]
-
-    def conv_hook(m: nn.Conv2d, _inp, out):
-        total[0] += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-
-    def linear_hook(m: nn.Linear, _inp, out):
-        total[0] += out.numel() // out.shape[0] * m.in_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0], sum(p.numel() for p in model.parameters())

@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..fileio import read_json_object
-from ..space import Arch, SearchSpace
+from ..provenance import check_checkpoint, check_space, resolve_space
+from ..space import Arch, BlockShape, ConvShape, SearchSpace
 from .genes import GeneCoding
 
 TABLE_FORMAT = "dynadnn.latency_table/1"
@@ -42,14 +43,10 @@ FIXED_KINDS = ("Conv", "Conv_1", "AvgPool2D", "Conv_2", "Logits")
 REFERENCE_CONTEXTS = {"jetson_cpu": "jetson_xavier_nx_cpu", "jetson_gpu": "jetson_xavier_nx_gpu"}
 
 
-def out_size(f: int, stride: int) -> int:
-    """OFA's output feature size: `int((f - 1) / stride + 1)` (same-padding convolution)."""
-    return int((f - 1) / stride + 1)
-
-
 @dataclass(frozen=True)
 class Layer:
-    """One distinct layer of a search space at one resolution: everything its latency depends on."""
+    """One distinct layer of a search space at one resolution: everything its latency depends on. `shape` is
+    the layer of the space's `Layout` it stands for (not part of the key: equal keys are equal layers)."""
 
     kind: str
     fin: int
@@ -62,6 +59,17 @@ class Layer:
     idskip: int = 0
     se: int = 0
     hs: int = 0
+    shape: ConvShape | BlockShape | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def conv(cls, kind: str, c: ConvShape) -> "Layer":
+        return cls(kind, c.fin, c.cin, c.fout, c.cout, shape=c)
+
+    @classmethod
+    def block(cls, b: BlockShape, k: int, e: int) -> "Layer":
+        """An `expanded_conv` layer: block `b` at kernel `k` and expand ratio `e`."""
+        return cls("expanded_conv", b.fin, b.cin, b.fout, b.cout, mid=b.mid(e), kernel=k, stride=b.stride,
+                   idskip=int(b.residual), se=int(b.se), hs=int(b.act == "h_swish"), shape=b)
 
     @property
     def key(self) -> str:
@@ -85,29 +93,14 @@ class SpaceLayers:
 
 
 def space_layers(space: SearchSpace, r: int) -> SpaceLayers:
-    fc, fb = space.first_conv, space.first_block
-    f = out_size(r, fc.stride)
-    stem = Layer("Conv", r, space.in_channels, f, fc.width)
-    f1 = out_size(f, fb.stride)
-    first = Layer("expanded_conv", f, fc.width, f1, fb.width, mid=fc.width, kernel=3, stride=fb.stride,
-                  idskip=int(fb.stride == 1 and fc.width == fb.width), se=int(fb.se), hs=int(fb.act == "h_swish"))
-    f, cin = f1, fb.width
-    blocks = []
-    for st in space.stages:
-        for i in range(space.max_depth):
-            stride = st.stride if i == 0 else 1
-            fo = out_size(f, stride)
-            idskip = int(stride == 1 and cin == st.width)
-            blocks.append(tuple(tuple(
-                Layer("expanded_conv", f, cin, fo, st.width, mid=space.middle_width(cin, e), kernel=k, stride=stride,
-                      idskip=idskip, se=int(st.se), hs=int(st.act == "h_swish"))
-                for e in space.e_choices) for k in space.ks_choices))
-            f, cin = fo, st.width
-    # Blocks after the first of a stage see the stage's output size whatever the depth, so `f` is final.
-    tail = (Layer("Conv_1", f, cin, f, space.final_expand), Layer("AvgPool2D", f, space.final_expand, 1, space.final_expand),
-            Layer("Conv_2", 1, space.final_expand, 1, space.feature_mix),
-            Layer("Logits", 1, space.feature_mix, 1, space.n_classes))
-    return SpaceLayers(r, (stem, first) + tail, tuple(blocks))
+    """OFA's layers of `space.layout(r)`."""
+    lay = space.layout(r)
+    first, final, mix = lay.blocks[0], lay.final, lay.mix
+    fixed = (Layer.conv("Conv", lay.stem), Layer.block(first, first.ks_choices[0], first.e_choices[0]),
+             Layer.conv("Conv_1", final), Layer("AvgPool2D", final.fout, final.cout, 1, final.cout),
+             Layer.conv("Conv_2", mix), Layer("Logits", 1, mix.cout, 1, lay.n_classes))
+    blocks = tuple(tuple(tuple(Layer.block(b, k, e) for e in b.e_choices) for k in b.ks_choices) for b in lay.slots)
+    return SpaceLayers(r, fixed, blocks)
 
 
 def arch_layers(space: SearchSpace, arch: Arch) -> list[Layer]:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..space import Arch, SearchSpace
+from ..space import Arch, BlockShape, ConvShape, SearchSpace
 from .latency import Correction, Layer, LatencyTable, space_layers
 
 
@@ -33,11 +33,11 @@ from .latency import Correction, Layer, LatencyTable, space_layers
 # Modules for single layers
 # ------------------------------------------------------------------------------------------------------
 def _conv(cin: int, cout: int, k: int, stride: int, groups: int, act: str | None, bias: bool = True) -> nn.Sequential:
+    from ..supernet.static import act_module
+
     layers: list[tuple[str, nn.Module]] = [("conv", nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=bias))]
-    if act == "relu":
-        layers.append(("act", nn.ReLU()))
-    elif act == "h_swish":
-        layers.append(("act", nn.Hardswish()))
+    if act is not None:
+        layers.append(("act", act_module(act)))
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -55,28 +55,27 @@ class _Logits(nn.Module):
         return self.linear(x.flatten(1))
 
 
-def layer_module(layer: Layer, space: SearchSpace, first_block: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
-    """A module equivalent in work to one layer of a fused static member, and its input shape."""
+def layer_module(layer: Layer) -> tuple[nn.Module, tuple[int, ...]]:
+    """A module equivalent in work to one layer of a fused static member (built from the layout shape the
+    layer stands for: BN folded, so convolutions followed by BN are biased), and its input shape."""
     from ..supernet.static import InvertedResidual, SqueezeExcite
 
     shape = (1, layer.cin, layer.fin, layer.fin)
-    if layer.kind == "Conv":
-        return _conv(layer.cin, layer.cout, 3, space.first_conv.stride, 1, space.first_conv.act), shape
-    if layer.kind == "Conv_1":
-        return _conv(layer.cin, layer.cout, 1, 1, 1, "h_swish"), shape
     if layer.kind == "AvgPool2D":
         return _Pool(), shape
-    if layer.kind == "Conv_2":
-        return _conv(layer.cin, layer.cout, 1, 1, 1, "h_swish", bias=False), shape
     if layer.kind == "Logits":
         return _Logits(layer.cin, layer.cout), (1, layer.cin, 1, 1)
-    act = "h_swish" if layer.hs else "relu"
+    src = layer.shape
+    if isinstance(src, ConvShape):
+        return _conv(src.cin, src.cout, src.kernel, src.stride, 1, src.act, bias=src.bn), shape
+    if not isinstance(src, BlockShape):
+        raise ValueError(f"layer '{layer.key}' does not come from a space's layout (see `space_layers`)")
     mid = layer.mid
-    expand = None if first_block else _conv(layer.cin, mid, 1, 1, 1, act)
-    dw = _conv(mid, mid, layer.kernel, layer.stride, mid, act)
-    se = SqueezeExcite(mid, space.se_width(mid)) if layer.se else None
-    project = _conv(mid, layer.cout, 1, 1, 1, None)
-    return InvertedResidual(expand, dw, se, project, bool(layer.idskip)), shape
+    expand = _conv(src.cin, mid, 1, 1, 1, src.act) if src.expands else None
+    dw = _conv(mid, mid, layer.kernel, src.stride, mid, src.act)
+    se = SqueezeExcite(mid, src.se_width(mid)) if src.se else None
+    project = _conv(mid, src.cout, 1, 1, 1, None)
+    return InvertedResidual(expand, dw, se, project, src.residual), shape
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -266,7 +265,7 @@ def profile_layers(space: SearchSpace, context: str, resolutions: Sequence[int] 
             # every resolution's layers in one round-robin: timed one resolution after another, each
             # resolution's entries carried the machine's speed of its own minute (measured here: that bias
             # was what made corrected predictions mis-rank members of different resolutions)
-            calls = [_runner(*layer_module(layer, space, first_block=first), device, backend, threads, onnx_cache,
+            calls = [_runner(*layer_module(layer), device, backend, threads, onnx_cache,
                              f"{space.name}/{layer.key}/{int(first)}") for _, layer, first in todo]
             timings = time_interleaved(calls, runs, warmup, device,
                                        progress=(lambda k: progress(k)) if progress else None, burst=burst)

@@ -10,16 +10,32 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..space import SearchSpace
 from .plan import Conv, Plan
 
 
-def _act(name: str | None) -> nn.Module | None:
-    return {"relu": nn.ReLU(), "h_swish": nn.Hardswish(), None: None}[name]
+# The activation table: each activation a preset may name (`space.ACTIVATIONS`) as a function (what
+# `run_plan` applies) and as a module (what static members and profiled layers hold).
+ACTIVATION_TABLE: dict[str, tuple[Callable[[Tensor], Tensor], type[nn.Module]]] = {
+    "relu": (F.relu, nn.ReLU),
+    "h_swish": (F.hardswish, nn.Hardswish),
+}
+
+
+def act_fn(name: str | None) -> Callable[[Tensor], Tensor] | None:
+    """The function for activation `name` (None: no activation)."""
+    return None if name is None else ACTIVATION_TABLE[name][0]
+
+
+def act_module(name: str | None) -> nn.Module | None:
+    """A new module for activation `name` (None: no activation)."""
+    return None if name is None else ACTIVATION_TABLE[name][1]()
 
 
 def _conv_layer(c: Conv) -> nn.Sequential:
@@ -36,7 +52,7 @@ def _conv_layer(c: Conv) -> nn.Sequential:
         bn.running_mean.copy_(c.bn.mean)
         bn.running_var.copy_(c.bn.var)
         layers.append(("bn", bn))
-    act = _act(c.act)
+    act = act_module(c.act)
     if act is not None:
         layers.append(("act", act))
     return nn.Sequential(OrderedDict(layers))
