@@ -440,6 +440,18 @@ def load_image_folder(path: str, image_size: int = 224, in_channels: int = 3, wo
 
 
 # ----------------------------------------------------------------------------------------------------
+def dataset_of(meta: dict, default: str) -> str:
+    """The dataset a checkpoint's or family's metadata names (`dataset` as a name or a {"name": ...}
+    description, or `data`), else `default`."""
+    for key in ("dataset", "data"):
+        value = meta.get(key)
+        if isinstance(value, dict):
+            value = value.get("name")
+        if isinstance(value, str) and value:
+            return value
+    return default
+
+
 def load_dataset(spec: str, image_size: int | None = None, in_channels: int | None = None,
                  workers: int = 2) -> TensorData | FolderData:
     """A dataset by spec: `animals`, `digits` or `imagefolder:PATH`. `image_size`/`in_channels` matter only

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .data import resize_batch
 from .errors import UserError
+from .evaluate import calibrate_members
 from .space import Arch
 from .supernet import Plan, StaticNet, SuperNet
 from .supernet.network import run_plan
@@ -80,15 +81,6 @@ class Member:
 # ----------------------------------------------------------------------------------------------------
 # Building members
 # ----------------------------------------------------------------------------------------------------
-def calibrate_members(supernet: SuperNet, archs: Sequence[Arch], batches: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-    """BN statistics for each member, re-estimated on `batches` (image tensors or (image, label) pairs)
-    resized to the member's resolution, as OFA calibrates a sub-network before using it."""
-    images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
-    if not images:
-        raise UserError("calibration: no batches were given (expected at least one image batch)")
-    return [supernet.calibrate_bn(arch, [resize_batch(x, arch.r) for x in images]) for arch in archs]
-
-
 def _example(arch: Arch, in_channels: int, channels_last: bool) -> Tensor:
     x = torch.randn(1, in_channels, arch.r, arch.r, generator=torch.Generator().manual_seed(0))
     return x.contiguous(memory_format=_CL) if channels_last else x

@@ -9,7 +9,7 @@ As OFA does, each member is evaluated after re-estimating its BN statistics on t
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,28 +51,51 @@ def member_cost(net: SuperNet, arch: Arch) -> tuple[int, int]:
     return count_macs_params(net.extract(arch).fuse(), (net.space.in_channels, arch.r, arch.r))
 
 
-@torch.no_grad()
-def top1(net: SuperNet, arch: Arch, batches: Iterable[tuple[Tensor, Tensor]],
-         bn_stats: dict[str, Tensor] | None = None) -> float:
-    """Top-1 accuracy in percent of `arch` (run in place on the super-network) over `batches`."""
-    was_training = net.training
-    net.eval()
-    plan = net.plan(arch, bn_stats, fold_bn=True)
-    net.use_plan(plan)
+def _images(batches) -> list[Tensor]:
+    images = [b[0] if isinstance(b, (tuple, list)) else b for b in batches]
+    if not images:
+        raise UserError("calibration: no image batches (expected at least one; is the training split empty?)")
+    return images
+
+
+def calibrate_members(net: SuperNet, archs: Sequence[Arch], images, n_images: int = 2000,
+                      seed: int = 0) -> list[dict[str, Tensor]]:
+    """BN statistics of each member re-estimated on training images resized to its resolution, as OFA
+    calibrates a sub-network before using it. `images` is a data set (`n_images` of its training split are
+    drawn with `seed`) or a sequence of image batches (or (image, label) pairs), used as given."""
+    if hasattr(images, "calibration_batches"):
+        images = images.calibration_batches(n_images, seed=seed)
+    batches = _images(images)
+    return [net.calibrate_bn(arch, [resize_batch(x, arch.r) for x in batches]) for arch in archs]
+
+
+def calibrate(net: SuperNet, arch: Arch, images, n_images: int = 2000, seed: int = 0) -> dict[str, Tensor]:
+    """`calibrate_members` for one member."""
+    return calibrate_members(net, [arch], images, n_images, seed)[0]
+
+
+@torch.inference_mode()
+def top1(net: SuperNet, arch: Arch, batches, bn_stats: Mapping[str, Tensor] | None = None, *,
+         limit: int | None = None, batch_size: int = 500) -> float:
+    """Top-1 accuracy (percent) of a member at its resolution: extracted with `bn_stats` (else the
+    super-network's shared statistics), BN folded, channels-last (depthwise convolutions run several times
+    faster so). `batches` is a data set (its test split) or (image, label) batches; `limit` keeps the first
+    images only (the same ones for every member)."""
+    if hasattr(batches, "test_batches"):
+        batches = batches.test_batches(batch_size)
+    model = net.extract(arch, bn_stats=bn_stats).fuse().eval().to(memory_format=torch.channels_last)
     correct = n = 0
     for x, y in batches:
-        pred = net(resize_batch(x, arch.r)).argmax(1)
+        if limit is not None:
+            if n >= limit:
+                break
+            x, y = x[: limit - n], y[: limit - n]
+        pred = model(resize_batch(x, arch.r).contiguous(memory_format=torch.channels_last)).argmax(1)
         correct += int((pred == y).sum())
         n += int(y.numel())
-    net.train(was_training)
     if n == 0:
         raise UserError("evaluation: the test split is empty")
     return 100.0 * correct / n
-
-
-def calibrate(net: SuperNet, arch: Arch, data, n_images: int = 2000, seed: int = 0) -> dict[str, Tensor]:
-    batches = [resize_batch(x, arch.r) for x in data.calibration_batches(n_images, seed=seed)]
-    return net.calibrate_bn(arch, batches)
 
 
 def parse_subnets(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[str, Arch]]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from ..errors import UserError
+from .common import parse_int_list, progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,16 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what}: expected comma-separated integers, got '{text}'") from None
-    if not values or any(v <= 0 for v in values):
-        raise UserError(f"{what}: expected positive integers, got '{text}'")
-    return values
-
-
 def local_contexts(threads: list[int], cuda: str) -> list[str]:
     import torch
 
@@ -59,44 +49,6 @@ def local_contexts(threads: list[int], cuda: str) -> list[str]:
     if cuda == "yes" or (cuda == "auto" and torch.cuda.is_available()):
         contexts.append("cuda")
     return contexts
-
-
-def profile_device(net, contexts: list[str], out: Path, resolutions: list[int] | None = None,
-                   runs: int | None = None, warmup: int = 10, members: int = 100, member_runs: int | None = None,
-                   checkpoint: str = "", backend: str = "auto") -> dict:
-    """Profile every context into `out/<context>/`; returns {context: member-check report}. Runs default
-    per backend (`predict.profiling.DEFAULT_RUNS`)."""
-    from rich.progress import Progress
-
-    from ..predict.latency import LatencyTable, context_dirname
-    from ..predict.profiling import check_members, count_layers, profile_layers
-
-    space = net.space
-    res = resolutions or list(space.resolutions)
-    bad = [r for r in res if r not in space.resolutions]
-    if bad:
-        raise UserError(f"--resolutions: {bad} not in preset '{space.name}' ({list(space.resolutions)})")
-    reports = {}
-    onnx_cache: dict[str, bytes] = {}  # one export of each layer and member serves every thread count
-    with Progress(transient=True) as bar:
-        for ctx in contexts:
-            n_layers = count_layers(space, res)
-            task = bar.add_task(f"{ctx}: layers", total=n_layers)
-            entries, meta = profile_layers(space, ctx, res, runs, warmup, progress=lambda k: bar.advance(task, k),
-                                           backend=backend, onnx_cache=onnx_cache)
-            table = LatencyTable(space, ctx, entries, f"profile {ctx}")
-            task = bar.add_task(f"{ctx}: members", total=members)
-            check = check_members(net, table, members, runs=member_runs, progress=lambda k: bar.advance(task, k),
-                                  backend=backend, onnx_cache=onnx_cache)
-            table.correction = check.fit()
-            meta.update({"report": check.report, "checkpoint": checkpoint,
-                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         "members": [{"arch": a.to_dict(), "measured_ms": round(float(m), 4), "p95_ms": round(float(p), 4),
-                                      "lut_ms": round(float(l), 4)}
-                                     for a, m, p, l in zip(check.archs, check.measured_ms, check.p95_ms, check.lut_ms)]})
-            table.save(out / context_dirname(ctx), meta)
-            reports[ctx] = check.report
-    return reports
 
 
 def hold_pages() -> None:
@@ -111,12 +63,11 @@ def hold_pages() -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import write_json
+    from ..predict.fitting import profile_device
     from ..supernet.checkpoint import load_checkpoint
 
     threads = parse_int_list(args.threads, "--threads")
     res = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
-    if args.members < 10:
-        raise UserError("--members: need at least 10 members to fit and check a correction")
     if args.backend == "ort" and args.cuda == "yes":
         raise UserError("--backend ort: ONNX Runtime times CPU contexts only; pass --cuda no, or --backend auto "
                         "(ort on the CPU, torch on CUDA)")
@@ -124,10 +75,12 @@ def run(args: argparse.Namespace) -> int:
     contexts = local_contexts(threads, "no" if args.backend == "ort" else args.cuda)
     hold_pages()
     out = Path(args.out)
-    reports = profile_device(net, contexts, out, res, args.runs, args.warmup, args.members, args.member_runs,
-                             str(args.checkpoint), args.backend)
-    summary = {"preset": net.space.name, "contexts": contexts, "reports": reports}
-    write_json(out / "profile.json", summary, indent=1)
+    with progress_bar() as progress:
+        tables = profile_device(net, contexts, out, resolutions=res, runs=args.runs, warmup=args.warmup,
+                                members=args.members, member_runs=args.member_runs, backend=args.backend,
+                                checkpoint=str(args.checkpoint), progress=progress)
+    reports = {ctx: t.meta["report"] for ctx, t in tables.items()}
+    write_json(out / "profile.json", {"preset": net.space.name, "contexts": contexts, "reports": reports}, indent=1)
     print(f"{'context':8s} {'members':>7s} {'MAPE raw':>9s} {'MAPE corr':>9s} {'tau raw':>8s} {'tau corr':>8s} {'range ms':>14s}")
     for ctx, r in reports.items():
         print(f"{ctx:8s} {r['members']:7d} {r['mape_raw']:8.1f}% {r['mape_corrected']:8.1f}% {r['tau_raw']:8.3f} "

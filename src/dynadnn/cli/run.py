@@ -7,13 +7,13 @@ import argparse
 import signal
 from pathlib import Path
 
-from ..errors import UserError
+from .common import parse_int_list, parse_names
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "run", help="serve a frame stream under the runtime manager while competing processes come and go",
-        description="Load a family (a family directory written by `dynadnn family`/`search`, or a checkpoint such "
+        description="Load a family (a family directory written by `dynadnn search`, or a checkpoint such "
                     "as zoo:animals, from which a default hand-picked ladder of members is made), keep every member "
                     "resident and warm on the faster of torch/ONNX Runtime per thread count, and serve frames from "
                     "the dataset's test split at --fps while a scenario starts and stops real competing processes. "
@@ -47,18 +47,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _ints(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--{what}: expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise UserError(f"--{what}: expected positive integers, got {text!r}")
-    return vals
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -66,65 +54,25 @@ def _interrupt(signum, frame):
 def run(args) -> int:
     from rich.console import Console
 
-    from ..runtime.calibrate import calibrate_deadline
-    from ..runtime.experiment import calibrate, run_policies, setup
-    from ..runtime.options import Targets
-    from ..runtime.policies import REGISTRY
+    from ..runtime.experiment import run_experiment
     from ..runtime.scenario import load_scenario
-    from ..runtime.trace import plot_traces, print_summary
+    from ..runtime.trace import print_summary
 
     console = Console(stderr=True)
-    say = lambda msg: console.log(msg)  # noqa: E731
-    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    for p in policies:
-        if p not in REGISTRY:
-            raise UserError(f"--policy: unknown policy '{p}'; expected one of {', '.join(REGISTRY)}")
-    if args.duration <= 0 or args.fps <= 0:
-        raise UserError("--duration and --fps must be > 0")
-    if args.deadline_ms is not None and args.deadline_ms <= 0:
-        raise UserError(f"--deadline-ms must be > 0, got {args.deadline_ms}")
     scenario = load_scenario(args.scenario)
-    out = Path(args.out)
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    targets = Targets(deadline_ms=args.deadline_ms or 1000.0, min_top1=args.min_top1).validate()
-
-    # Ctrl-C and SIGTERM both unwind through the `with` blocks that kill the competitors
-    old_term = signal.signal(signal.SIGTERM, _interrupt)
-    if args.calib_images < 1:
-        raise UserError(f"--calib-images must be >= 1, got {args.calib_images}")
-    st = setup(args.family, args.dataset, targets, _ints(args.threads, "threads"), backends, args.members, say,
-               lock_memory=args.lock_memory,
-               calib_images=args.calib_images)
+    threads = parse_int_list(args.threads, "--threads") if args.threads else None
+    old_term = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: competitors are stopped
     try:
-        calibration = None
-        extra = {}
-        if args.deadline_ms is None or "oracle" in policies:
-            calibration = calibrate(st, scenario, args.calibrate_s, args.fps, say)
-        if args.deadline_ms is None:
-            choice = calibrate_deadline(st.manager, calibration)
-            st.manager.set_targets(deadline_ms=choice.deadline_ms)
-            extra = {"deadline_calibration": choice.__dict__}
-            say(f"deadline {choice.deadline_ms:.3f} ms: static most-accurate misses {choice.static_heavy_miss:.1%} "
-                f"of heavy-phase frames, fastest meets it for {choice.fastest_heavy_on_time:.2%}"
-                + ("" if choice.feasible else " (the rule could not be met exactly)"))
-        traces = run_policies(st, scenario, policies, args.duration, args.fps, calibration, say)
+        result = run_experiment(args.family, scenario, parse_names(args.policy, "--policy"),
+                                duration_s=args.duration, fps=args.fps, deadline_ms=args.deadline_ms,
+                                min_top1=args.min_top1, dataset=args.dataset, threads=threads,
+                                backends=parse_names(args.backends, "--backends"), members=args.members,
+                                calib_images=args.calib_images, calibrate_s=args.calibrate_s,
+                                lock_memory=args.lock_memory, say=console.log)
     finally:
-        st.manager.close()
         signal.signal(signal.SIGTERM, old_term)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for tr in traces:
-        tr.meta.update(extra)
-        name = "trace" if len(traces) == 1 else f"trace-{tr.policy}"
-        jpath, _ = tr.write(out, name)
-        paths.append(jpath)
-    png = plot_traces(traces, out / "trace.png")
-    print_summary(traces, Console(), title=f"scenario '{scenario.name}', deadline {st.manager.targets.deadline_ms:.3f} ms")
-    summary = {tr.policy: tr.summary() for tr in traces}
-    from ..fileio import write_json
-
-    write_json(out / "summary.json", {"deadline_ms": st.manager.targets.deadline_ms, "scenario": scenario.name,
-                                      "policies": summary, **extra}, indent=1)
-    for p in paths + [png, out / "summary.json"]:
+    paths = result.write(Path(args.out))
+    print_summary(result.traces, Console(), title=f"scenario '{scenario.name}', deadline {result.deadline_ms:.3f} ms")
+    for p in paths:
         print(p)
     return 0

@@ -1,22 +1,29 @@
-"""The contention experiment, shared by `dynadnn run` and `benchmarks/contention.py`: load a family,
-make the manager, pre-resize the frames, optionally calibrate (oracle table, deadline), then run each
-policy through the same scenario, one after the other, in this one process."""
+"""The contention experiment, shared by `dynadnn run`, the demo and `benchmarks/contention.py`: load a
+family, make the manager, pre-resize the frames, optionally calibrate (oracle table, deadline), then run
+each policy through the same scenario, one after the other, in this one process.
+
+    result = run_experiment(family, load_scenario("contention"), ["feedback", "dofa"], duration_s=30)
+    paths = result.write("runs/run")      # trace(-POLICY).json, trace.png, summary.json
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 
 from ..errors import UserError
-from .calibrate import Calibration, measure_under_loads
+from ..family import Family
+from ..fileio import write_json
+from .calibrate import Calibration, calibrate_deadline, measure_under_loads
 from .manager import RuntimeManager
 from .members import FamilySource, load_family
 from .options import Targets
 from .policies import REGISTRY, OraclePolicy, Policy, make_policy
 from .scenario import Scenario
 from .stream import Frames, run_stream
-from .trace import Trace
+from .trace import Trace, plot_traces
 
 ORACLE_QUANTILE = 0.99  # the oracle runs the most accurate option meeting the deadline for 99 % of frames
 
@@ -28,13 +35,18 @@ class Setup:
     frames: Frames
 
 
-def setup(family: str, dataset: str, targets: Targets, threads: Sequence[int] | None = None,
+def setup(family: str | Family | FamilySource, dataset: str, targets: Targets, threads: Sequence[int] | None = None,
           backends: Sequence[str] = ("torch", "ort"), members: int = 5, say: Callable[[str], None] = lambda m: None,
           calib_images: int = 1000, lock_memory: bool = True, record_cpu: bool = False) -> Setup:
     from ..data import load_dataset
 
-    say(f"loading family {family}")
-    source = load_family(family, dataset=dataset, k=members, calib_images=calib_images)
+    if isinstance(family, FamilySource):
+        source = family
+    elif isinstance(family, Family):
+        source = FamilySource.from_family(family)
+    else:
+        say(f"loading family {family}")
+        source = load_family(family, dataset=dataset, k=members, calib_images=calib_images)
     say(f"{len(source.archs)} members, top-1 " + ", ".join(f"{t:.1f}" for t in source.top1))
     manager = RuntimeManager(source, "static", targets, threads=threads, backends=backends, progress=say,
                              lock_memory=lock_memory, record_cpu=record_cpu)
@@ -68,3 +80,67 @@ def calibrate(st: Setup, scenario: Scenario, seconds_per_load: float, fps: float
     return measure_under_loads(st.manager, st.frames, scenario, seconds_per_load, fps)
 
 
+
+
+@dataclass
+class Experiment:
+    """What `run_experiment` measured: one trace per policy, under one deadline."""
+
+    scenario: str
+    deadline_ms: float
+    traces: list[Trace]
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the deadline calibration
+
+    def summary(self) -> dict[str, Any]:
+        return {"deadline_ms": self.deadline_ms, "scenario": self.scenario,
+                "policies": {tr.policy: tr.summary() for tr in self.traces}, **self.extra}
+
+    def write(self, out: str | Path) -> list[Path]:
+        """trace.json (or trace-POLICY.json each), trace.png and summary.json, each written atomically."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for tr in self.traces:
+            tr.meta.update(self.extra)
+            paths.append(tr.write(out, "trace" if len(self.traces) == 1 else f"trace-{tr.policy}")[0])
+        paths.append(plot_traces(self.traces, out / "trace.png"))
+        paths.append(write_json(out / "summary.json", self.summary(), indent=1))
+        return paths
+
+
+def run_experiment(family: str | Family | FamilySource, scenario: Scenario, policies: Sequence[str], *,
+                   duration_s: float = 20.0, fps: float = 100.0, deadline_ms: float | None = None,
+                   min_top1: float = 0.0, dataset: str = "animals", threads: Sequence[int] | None = None,
+                   backends: Sequence[str] = ("torch", "ort"), members: int = 5, calib_images: int = 1000,
+                   calibrate_s: float = 3.0, lock_memory: bool = True,
+                   say: Callable[[str], None] = lambda m: None) -> Experiment:
+    """Serve the family's frame stream through `scenario` under each policy in turn. Without
+    `deadline_ms`, the deadline is calibrated first (`calibrate_deadline`: the most accurate member misses
+    about 20 % of the heaviest phase's frames). Competing processes are stopped on return and on errors."""
+    for name in policies:
+        if name not in REGISTRY:
+            raise UserError(f"policy: unknown policy '{name}'; expected one of {', '.join(REGISTRY)}")
+    if not duration_s > 0 or not fps > 0:
+        raise UserError(f"duration and fps: expected numbers > 0, got {duration_s} and {fps}")
+    if deadline_ms is not None and not deadline_ms > 0:
+        raise UserError(f"deadline_ms: expected a number > 0, got {deadline_ms}")
+    if calib_images < 1:
+        raise UserError(f"calib_images: expected >= 1, got {calib_images}")
+    targets = Targets(deadline_ms=deadline_ms or 1000.0, min_top1=min_top1).validate()
+    st = setup(family, dataset, targets, threads, backends, members, say, calib_images=calib_images,
+               lock_memory=lock_memory)
+    try:
+        calibration, extra = None, {}
+        if deadline_ms is None or "oracle" in policies:
+            calibration = calibrate(st, scenario, calibrate_s, fps, say)
+        if deadline_ms is None:
+            choice = calibrate_deadline(st.manager, calibration)
+            st.manager.set_targets(deadline_ms=choice.deadline_ms)
+            extra = {"deadline_calibration": choice.__dict__}
+            say(f"deadline {choice.deadline_ms:.3f} ms: static most-accurate misses {choice.static_heavy_miss:.1%} "
+                f"of heavy-phase frames, fastest meets it for {choice.fastest_heavy_on_time:.2%}"
+                + ("" if choice.feasible else " (the rule could not be met exactly)"))
+        traces = run_policies(st, scenario, policies, duration_s, fps, calibration, say)
+        return Experiment(scenario.name, st.manager.targets.deadline_ms, traces, extra)
+    finally:
+        st.manager.close()

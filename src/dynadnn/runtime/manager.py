@@ -2,7 +2,8 @@
 having, a latency monitor updated at every inference, a background system monitor, and a policy that
 picks the option for the next inference.
 
-    mgr = RuntimeManager(load_family("zoo:animals"), policy="feedback", targets=Targets(deadline_ms=5))
+    mgr = RuntimeManager(family, policy="feedback", targets=Targets(deadline_ms=5), supernet=net)
+    # or RuntimeManager(load_family("zoo:animals" or a family directory), ...)
     logits = mgr.predict(images)          # runs the current option, measures, lets the policy decide
     mgr.set_targets(deadline_ms=3.0)      # from any thread, at any time
     mgr.close()                           # joins the monitor thread, drops the ORT sessions
@@ -26,8 +27,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..family import Family
 from ..platform.local import LocalPlatform, cpu_count
-from .knobs import BACKENDS, build_options, member_runners
+from ..supernet import SuperNet
+from ..deploy import BACKENDS, member_runners
+from .knobs import build_options
 from .members import FamilySource
 from .monitors import LatencyMonitor, SystemMonitor
 from .options import Option, Targets, fastest
@@ -42,8 +46,9 @@ class InferenceFailed(RuntimeError):
 
 
 class RuntimeManager:
-    def __init__(self, source: FamilySource, policy: Policy | str = "feedback", targets: Targets | None = None, *,
-                 threads: Sequence[int] | None = None, backends: Sequence[str] = BACKENDS,
+    def __init__(self, source: FamilySource | Family, policy: Policy | str = "feedback", targets: Targets | None = None,
+                 *, supernet: SuperNet | None = None, threads: Sequence[int] | None = None,
+                 backends: Sequence[str] = BACKENDS,
                  platform: LocalPlatform | None = None, system_period_s: float = 0.1,
                  system_reader: Callable | None = None, profile_frames: int = 40, pin_affinity: bool = False,
                  lock_memory: bool = False, record: bool = True, record_cpu: bool = False,
@@ -51,6 +56,8 @@ class RuntimeManager:
         for b in backends:
             if b not in BACKENDS:
                 raise UserError(f"backend '{b}': expected one of {', '.join(BACKENDS)}")
+        if isinstance(source, Family):  # in memory: its members on `supernet` (else its checkpoint, loaded)
+            source = FamilySource.from_family(source, supernet)
         self.source = source
         self.platform = platform or LocalPlatform()
         self.threads = tuple(sorted(set(threads))) if threads else tuple(range(1, min(cpu_count(), 4) + 1))
@@ -62,20 +69,9 @@ class RuntimeManager:
         self._closed = False
         say = progress or (lambda msg: None)
 
-        # --- members resident on every backend x thread count, then measured: the options ----------
         self._torch_threads_before = torch.get_num_threads()
-        space = source.supernet.space
-        self.in_channels = space.in_channels
-        candidates = member_runners(
-            source.supernet, source.archs, source.bn_stats, self.threads, backends, say,
-            on_export_error=lambda i, exc: self._log("export_failed", member=i, error=f"{type(exc).__name__}: {exc}"))
-        say("measuring every member on every backend and thread count")
-        example = torch.randn(1, self.in_channels, max(a.r for a in source.archs), max(a.r for a in source.archs))
-        self.options, self.runners, report = build_options(candidates, source.top1, source.names, example,
-                                                           n=profile_frames)
-        self._log("profiled", measurements=report)
-        self.safe = fastest(self.options)
-        self.labels = [o.label() for o in self.options]  # formatted once: a switch only looks them up
+        self.in_channels = source.supernet.space.in_channels
+        self._build_options(backends, profile_frames, say)
 
         # --- monitors and policy ---------------------------------------------------------------------
         self.monitor = LatencyMonitor()
@@ -103,6 +99,20 @@ class RuntimeManager:
         self._log("ready", policy=self.policy.name, options=[o.label() for o in self.options],
                   current=self.options[self.current].label(), targets=self._targets.__dict__)
         self._note_ignored(self._targets)
+
+    def _build_options(self, backends: Sequence[str], profile_frames: int, say: Callable[[str], None]) -> None:
+        """Members resident on every backend x thread count, then measured: the options."""
+        src = self.source
+        candidates = member_runners(
+            src.supernet, src.archs, src.bn_stats, self.threads, backends, say,
+            on_export_error=lambda i, exc: self._log("export_failed", member=i, error=f"{type(exc).__name__}: {exc}"))
+        say("measuring every member on every backend and thread count")
+        r = max(a.r for a in src.archs)
+        example = torch.randn(1, self.in_channels, r, r)
+        self.options, self.runners, report = build_options(candidates, src.top1, src.names, example, n=profile_frames)
+        self._log("profiled", measurements=report)
+        self.safe = fastest(self.options)
+        self.labels = [o.label() for o in self.options]  # formatted once: a switch only looks them up
 
     # --- targets --------------------------------------------------------------------------------------
     @property

@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import dataset_of, load_dataset
 from ..errors import UserError
+from ..evaluate import calibrate_members, top1
 from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
 
@@ -31,6 +33,38 @@ class FamilySource:
     names: list[str]
     dataset: str
     origin: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_family(cls, family, supernet: SuperNet | None = None, *, dataset: str | None = None,
+                    origin: dict[str, Any] | None = None, base: Path | None = None) -> "FamilySource":
+        """The members of an in-memory `Family` on `supernet` (by default the family's checkpoint, loaded;
+        a relative path is taken from `base`). Members without a measured top-1 are measured on `dataset`."""
+        meta: dict[str, Any] = {}
+        if supernet is None:
+            supernet, meta = _family_supernet(family, base)
+        dataset = dataset or dataset_of(meta, dataset_of(family.provenance, "animals"))
+        archs = [m.arch for m in family.members]
+        bn = [dict(m.bn_stats) for m in family.members]
+        data, accs = None, []
+        for m, a, b in zip(family.members, archs, bn):
+            if m.top1 is None:
+                data = data or load_dataset(dataset)
+                accs.append(top1(supernet, a, data, b))
+            else:
+                accs.append(float(m.top1))
+        return cls(supernet.eval(), archs, bn, accs, [f"m{i}" for i in range(len(archs))], dataset,
+                   origin or {"kind": "family", "checkpoint": family.checkpoint})
+
+
+def _family_supernet(family, base: Path | None) -> tuple[SuperNet, dict]:
+    from ..supernet.checkpoint import load_checkpoint
+
+    if not family.checkpoint:
+        raise UserError("family: field 'checkpoint.path' is empty; pass the super-network to rebuild its members")
+    ck = family.checkpoint
+    if base is not None and not ck.startswith("zoo:") and not Path(ck).is_absolute() and not Path(ck).exists():
+        ck = str((base / ck).resolve())
+    return load_checkpoint(ck, preset=family.space)
 
 
 def _pick(choices: tuple, frac: float):
@@ -52,63 +86,15 @@ def hand_picked_archs(space: SearchSpace, k: int = 5) -> list[Arch]:
     return archs
 
 
-@torch.inference_mode()
-def measure_top1(supernet: SuperNet, arch: Arch, bn_stats: dict[str, Tensor], data, batch: int = 500) -> float:
-    """Top-1 (percent) of a member on the dataset's test split at the member's resolution."""
-    from ..data import resize_batch
-
-    net = supernet.extract(arch, bn_stats=bn_stats).fuse().eval().to(memory_format=torch.channels_last)
-    correct = total = 0
-    for x, y in data.test_batches(batch):  # channels-last: depthwise convolutions are several times faster
-        pred = net(resize_batch(x, arch.r).contiguous(memory_format=torch.channels_last)).argmax(1)
-        correct += int((pred == y).sum())
-        total += int(y.numel())
-    return 100.0 * correct / max(total, 1)
-
-
-def _dataset_of(meta: dict, default: str) -> str:
-    """The dataset a checkpoint or family names (`dataset` as a name or a {"name": ...} description, or
-    `data`), else `default`."""
-    for key in ("dataset", "data"):
-        value = meta.get(key)
-        if isinstance(value, dict):
-            value = value.get("name")
-        if isinstance(value, str) and value:
-            return value
-    return default
-
-
 def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: int = 1000) -> FamilySource:
     """Members from a family directory, a checkpoint (`zoo:NAME` or a path) or `random:PRESET`."""
-    from ..data import load_dataset
-    from ..dynamic import calibrate_members
-
     path = Path(spec)
     if path.is_dir() and (path / "family.json").is_file():
         from ..family import Family
-        from ..supernet.checkpoint import load_checkpoint
 
         fam = Family.load(path)
-        if not fam.checkpoint:
-            raise UserError(f"{path / 'family.json'}: field 'checkpoint.path' is empty; cannot rebuild members")
-        ck = fam.checkpoint
-        if not ck.startswith("zoo:") and not Path(ck).is_absolute() and not Path(ck).exists():
-            ck = str((path / ck).resolve())
-        supernet, meta = load_checkpoint(ck, preset=fam.preset)
-        dataset = _dataset_of(meta, _dataset_of(fam.provenance, dataset))
-        archs = [m.arch for m in fam.members]
-        bn = [dict(m.bn_stats) for m in fam.members]
-        data = None
-        top1 = []
-        for m, a, b in zip(fam.members, archs, bn):
-            if m.top1 is None:
-                data = data or load_dataset(dataset)
-                top1.append(measure_top1(supernet, a, b, data))
-            else:
-                top1.append(float(m.top1))
-        names = [f"m{i}" for i in range(len(archs))]
-        return FamilySource(supernet.eval(), archs, bn, top1, names, dataset,
-                            {"kind": "family", "path": str(path), "checkpoint": fam.checkpoint})
+        return FamilySource.from_family(fam, base=path, origin={"kind": "family", "path": str(path),
+                                                                "checkpoint": fam.checkpoint})
     if spec.startswith("random:"):
         from ..space import load_space
 
@@ -121,7 +107,7 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
         if not spec.startswith("zoo:") and not path.exists():
             raise UserError(f"family '{spec}': not a family directory, a checkpoint file, zoo:NAME or random:PRESET")
         supernet, meta = load_checkpoint(spec)
-        dataset = _dataset_of(meta, dataset)
+        dataset = dataset_of(meta, dataset)
         origin = {"kind": "hand-picked", "checkpoint": spec}
         cached = _cached_hand_picked(spec, dataset, k, supernet)
         if cached is not None:
@@ -132,9 +118,8 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
                         f"expects {supernet.space.in_channels}")
     archs = hand_picked_archs(supernet.space, k)
     bn = calibrate_members(supernet, archs, data.calibration_batches(calib_images))
-    top1 = [measure_top1(supernet, a, b, data) for a, b in zip(archs, bn)]
-    names = [f"m{i}" for i in range(len(archs))]
-    source = FamilySource(supernet, archs, bn, top1, names, dataset, origin)
+    accs = [top1(supernet, a, data, b) for a, b in zip(archs, bn)]
+    source = FamilySource(supernet, archs, bn, accs, [f"m{i}" for i in range(len(archs))], dataset, origin)
     if origin["kind"] == "hand-picked":
         _save_hand_picked(spec, dataset, k, source)
     return source
