@@ -3,20 +3,22 @@
 A family directory holds two files, written atomically (weights first, then the JSON that names their
 hash, so a reader never pairs a JSON with the wrong weights):
 
-* `family.json`: format version, preset, the super-network checkpoint (path and sha256), the hardware
-  contexts, provenance, and per member: architecture, predicted and measured top-1, predicted latency
-  and measured latency (median and p95, ms) per context, MACs and parameters; plus the full
-  non-dominated archive of the search (architecture, predicted top-1 and latency per context).
+* `family.json`: format version, preset (the space's name) and `space` (its full description, so a family
+  of a custom space reloads without the space's JSON file; files written before it load by preset name),
+  the super-network checkpoint (path and sha256), the hardware contexts, provenance, and per member:
+  architecture, predicted and measured top-1, predicted latency and measured latency (median and p95, ms)
+  per context, MACs and parameters, and how many BN tensors `family.safetensors` holds for it; plus the
+  full non-dominated archive of the search (architecture, predicted top-1 and latency per context).
 * `family.safetensors`: each member's BN statistics calibrated for it, keys `m{i}/<bn key>` (e.g.
-  `m0/blocks.3.dw_bn.running_mean`).
+  `m0/blocks.3.dw_bn.running_mean`). A member listed in one file and not the other is refused on load.
 
 Members are kept ordered by their latency in the first context (fastest first).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import UserError
 from .fileio import read_json_object, read_safetensors
+from .provenance import check_checkpoint, checkpoint_space, resolve_space, sha256_file
 from .space import Arch, SearchSpace, load_space
 
 FORMAT = "dynadnn.family/1"
@@ -38,14 +41,6 @@ class FamilyError(UserError):
 
 class FamilyWarning(UserWarning):
     """A family that loads but may not match (e.g. its checkpoint hash differs)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -77,11 +72,14 @@ class Member:
     def to_json(self) -> dict[str, Any]:
         return {"arch": self.arch.to_dict(), "top1_predicted": self.top1_predicted, "top1_measured": self.top1_measured,
                 "latency_predicted_ms": self.latency_predicted_ms, "latency_ms": self.latency_ms,
-                "macs": int(self.macs), "params": int(self.params)}
+                "macs": int(self.macs), "params": int(self.params), "bn_tensors": len(self.bn_stats)}
 
 
 @dataclass
 class Family:
+    """`preset` is the search space's name; `search_space`, when given, is the space itself (required for a
+    space that is not a shipped preset, unless the checkpoint at `checkpoint` records it)."""
+
     preset: str
     contexts: list[str]
     members: list[Member]
@@ -89,10 +87,35 @@ class Family:
     checkpoint_sha256: str = ""
     archive: list[dict[str, Any]] = field(default_factory=list)  # {"arch", "top1_predicted", "latency_predicted_ms"}
     provenance: dict[str, Any] = field(default_factory=dict)
+    search_space: SearchSpace | None = None
+
+    def __post_init__(self) -> None:
+        if self.search_space is not None and self.search_space.name != self.preset:
+            raise FamilyError(f"family: preset '{self.preset}' is not the name of its search space "
+                              f"('{self.search_space.name}')")
 
     @property
     def space(self) -> SearchSpace:
-        return load_space(self.preset)
+        """The family's search space: the one it was given or loaded with, else the shipped preset `preset`
+        names, else the space its checkpoint's metadata records under that name."""
+        if self.search_space is None:
+            self.search_space = self._find_space()
+        return self.search_space
+
+    def _find_space(self) -> SearchSpace:
+        try:
+            return load_space(self.preset)
+        except UserError:
+            pass
+        if self.checkpoint:
+            try:
+                found = checkpoint_space(self.checkpoint)
+            except UserError:
+                found = None
+            if found is not None and found.name == self.preset:
+                return found
+        raise FamilyError(f"family: '{self.preset}' is not a shipped preset and the family has no search space; "
+                          "pass Family(..., search_space=<the checkpoint's SearchSpace>)")
 
     def sort(self) -> None:
         if self.contexts and self.members:
@@ -119,7 +142,7 @@ class Family:
         weights = directory / WEIGHTS_NAME
         atomic_write(weights, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
         doc = {
-            "format": FORMAT, "preset": self.preset, "contexts": list(self.contexts),
+            "format": FORMAT, "preset": self.preset, "space": self.space.to_dict(), "contexts": list(self.contexts),
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
             "weights_sha256": sha256_file(weights),
             "provenance": {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.provenance},
@@ -138,73 +161,98 @@ class Family:
                 if ctx not in m.latency_ms and ctx not in m.latency_predicted_ms:
                     raise FamilyError(f"family member {i}: no latency for context '{ctx}'")
 
+    def check_checkpoint(self, checkpoint: str | Path, where: str = "family", stacklevel: int = 2) -> None:
+        """Before using the family's members with a super-network checkpoint: refuse one of another search
+        space (FamilyError naming the first differing field); warn (FamilyWarning) when its sha256 differs
+        from the one the family was built from, since members' accuracy may then differ."""
+        message = check_checkpoint(self.space, self.checkpoint_sha256, checkpoint, where, FamilyError, sha="warn")
+        if message:
+            warnings.warn(message + "; members' accuracy may differ", FamilyWarning, stacklevel=stacklevel + 1)
+
     # --- reading --------------------------------------------------------------------------------
     @classmethod
-    def load(cls, directory: str | Path, preset: str | None = None, checkpoint: str | Path | None = None) -> "Family":
-        """Read and validate a family. `preset`: refuse a family of another preset. `checkpoint`: warn when
-        its sha256 differs from the one the family was built from."""
+    def load(cls, directory: str | Path, preset: str | None = None, checkpoint: str | Path | None = None,
+             space: SearchSpace | None = None) -> "Family":
+        """Read and validate a family. `preset`: refuse a family of another preset; `space`: refuse a family of
+        another search space. `checkpoint`: refuse one of another search space, warn when its sha256 differs
+        from the one the family was built from (`check_checkpoint`)."""
         directory = Path(directory)
-        jpath, wpath = directory / JSON_NAME, directory / WEIGHTS_NAME
+        jpath = directory / JSON_NAME
         if not jpath.is_file():
             raise FamilyError(f"'{directory}' is not a family directory (no {JSON_NAME})")
         doc = read_json_object(jpath, error=FamilyError)
         if doc.get("format") != FORMAT:
             raise FamilyError(f"{jpath}: field 'format' is {doc.get('format')!r}; this dynadnn reads '{FORMAT}'")
-        fam_preset = doc.get("preset")
-        if not isinstance(fam_preset, str):
-            raise FamilyError(f"{jpath}: field 'preset' missing or not a string")
-        if preset is not None and fam_preset != preset:
-            raise FamilyError(f"{jpath}: family is for preset '{fam_preset}', not '{preset}'")
-        try:
-            space = load_space(fam_preset)
-        except UserError as exc:
-            raise FamilyError(f"{jpath}: field 'preset': {exc}") from None
+        fam_space = resolve_space(doc, str(jpath), space, "family", FamilyError)
+        if preset is not None and fam_space.name != preset:
+            raise FamilyError(f"{jpath}: family is for preset '{fam_space.name}', not '{preset}'")
         contexts = doc.get("contexts")
         if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
             raise FamilyError(f"{jpath}: field 'contexts' must be a list of context names")
         members_doc = doc.get("members")
         if not isinstance(members_doc, list) or not members_doc:
             raise FamilyError(f"{jpath}: field 'members' must be a non-empty list")
-        if not wpath.is_file():
-            raise FamilyError(f"{directory}: {WEIGHTS_NAME} is missing (the members' BN statistics)")
-        if doc.get("weights_sha256") and sha256_file(wpath) != doc["weights_sha256"]:
-            raise FamilyError(f"{wpath}: does not match {JSON_NAME} (field 'weights_sha256'); re-run the search")
-        tensors = read_safetensors(wpath, FamilyError)[0]
-        members = []
-        for i, md in enumerate(members_doc):
-            where = f"{jpath}: members[{i}]"
-            if not isinstance(md, dict) or "arch" not in md:
-                raise FamilyError(f"{where}: expected an object with 'arch'")
-            try:
-                arch = space.validate(Arch.from_dict(md["arch"]))
-            except UserError as exc:
-                raise FamilyError(f"{where}: {exc}") from None
-            prefix = f"m{i}/"
-            stats = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-            lat = md.get("latency_ms") or {}
-            for ctx, v in lat.items():
-                if not isinstance(v, dict) or "median" not in v or "p95" not in v:
-                    raise FamilyError(f"{where}: field 'latency_ms.{ctx}' must have 'median' and 'p95'")
-            members.append(Member(arch, stats, _num(md.get("top1_predicted")), _num(md.get("top1_measured")),
-                                  {k: float(v) for k, v in (md.get("latency_predicted_ms") or {}).items()},
-                                  {k: {s: (str(x) if s == "backend" else float(x)) for s, x in v.items()} for k, v in lat.items()},
-                                  int(md.get("macs", 0)), int(md.get("params", 0))))
+        stats = _read_member_stats(directory, doc, members_doc)
+        members = [_member_from_json(md, f"{jpath}: members[{i}]", fam_space, stats[i])
+                   for i, md in enumerate(members_doc)]
         ck = doc.get("checkpoint") or {}
-        fam = cls(fam_preset, contexts, members, str(ck.get("path", "")), str(ck.get("sha256", "")),
-                  doc.get("archive") or [], doc.get("provenance") or {})
+        fam = cls(fam_space.name, contexts, members, str(ck.get("path", "")), str(ck.get("sha256", "")),
+                  doc.get("archive") or [], doc.get("provenance") or {}, fam_space)
         try:
             fam._validate_members()
         except UserError as exc:
             raise FamilyError(f"{jpath}: {exc}") from None
-        if checkpoint is not None and fam.checkpoint_sha256:
-            from .supernet.checkpoint import resolve_checkpoint_path
-
-            actual = sha256_file(resolve_checkpoint_path(checkpoint))
-            if actual != fam.checkpoint_sha256:
-                warnings.warn(f"{jpath}: built from checkpoint sha256 {fam.checkpoint_sha256[:12]}..., but "
-                              f"'{checkpoint}' has {actual[:12]}...; members' accuracy may differ", FamilyWarning,
-                              stacklevel=2)
+        if checkpoint is not None:
+            fam.check_checkpoint(checkpoint, f"{jpath}: family", stacklevel=3)
         return fam
+
+
+def _read_member_stats(directory: Path, doc: Mapping[str, Any], members_doc: list) -> list[dict[str, Any]]:
+    """Each listed member's BN statistics (`m{i}/<key>` in the weights file). The two files must list the
+    same members: a tensor of an unlisted member, or a listed member without its tensors (as many as
+    `bn_tensors` says, at least one in files written before that field), is refused."""
+    wpath = directory / WEIGHTS_NAME
+    if not wpath.is_file():
+        raise FamilyError(f"{directory}: {WEIGHTS_NAME} is missing (the members' BN statistics)")
+    if doc.get("weights_sha256") and sha256_file(wpath) != doc["weights_sha256"]:
+        raise FamilyError(f"{wpath}: does not match {JSON_NAME} (field 'weights_sha256'); re-run the search")
+    n = len(members_doc)
+    groups: dict[int, dict[str, Any]] = {}
+    for key, value in read_safetensors(wpath, FamilyError)[0].items():
+        m = re.fullmatch(r"m(\d+)/(.+)", key)
+        if m is None or int(m.group(1)) >= n:
+            raise FamilyError(f"{wpath}: tensor '{key}' belongs to no member of {JSON_NAME}, which lists {n} "
+                              f"(m0..m{n - 1}); the two files do not match")
+        groups.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    for i, md in enumerate(members_doc):
+        want = md.get("bn_tensors") if isinstance(md, dict) else None
+        got = len(groups.get(i, {}))
+        if want is not None and (isinstance(want, bool) or not isinstance(want, int) or want < 0):
+            raise FamilyError(f"{directory / JSON_NAME}: members[{i}]: field 'bn_tensors' must be a count, got {want!r}")
+        if (got != want) if want is not None else (got == 0):
+            raise FamilyError(f"{wpath}: holds {got} BN tensor(s) for member m{i}, but {JSON_NAME} lists that member"
+                              f"{f' with {want}' if want is not None else ''}; the two files do not match")
+    return [groups.get(i, {}) for i in range(n)]
+
+
+def _member_from_json(md: Any, where: str, space: SearchSpace, stats: dict[str, Any]) -> Member:
+    if not isinstance(md, dict) or "arch" not in md:
+        raise FamilyError(f"{where}: expected an object with 'arch'")
+    try:
+        arch = space.validate(Arch.from_dict(md["arch"]))
+    except UserError as exc:
+        raise FamilyError(f"{where}: {exc}") from None
+    lat = md.get("latency_ms") or {}
+    for ctx, v in lat.items():
+        if not isinstance(v, dict) or "median" not in v or "p95" not in v:
+            raise FamilyError(f"{where}: field 'latency_ms.{ctx}' must have 'median' and 'p95'")
+    try:
+        return Member(arch, stats, _num(md.get("top1_predicted")), _num(md.get("top1_measured")),
+                      {k: float(v) for k, v in (md.get("latency_predicted_ms") or {}).items()},
+                      {k: {s: (str(x) if s == "backend" else float(x)) for s, x in v.items()} for k, v in lat.items()},
+                      int(md.get("macs", 0)), int(md.get("params", 0)))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise FamilyError(f"{where}: expected numbers for top-1, latencies, macs and params ({exc})") from None
 
 
 def _num(v: Any) -> float | None:

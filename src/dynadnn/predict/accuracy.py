@@ -7,7 +7,9 @@ OFA's (encoding -> 400 -> ReLU -> 400 -> ReLU -> 400 -> ReLU -> 1, outputting to
 encoding is `SearchSpace.encode_many` (OFA's 128-d layout for the OFA presets), so OFA's published
 checkpoint loads as is; for our own super-networks it is trained on (architecture, BN-calibrated
 accuracy) pairs. Predictions are returned in percent. Stored as `predictor.safetensors` (weights) +
-`predictor.json` (preset, layout, training metrics).
+`predictor.json` (preset and `space`, the search space's full description, so a predictor of a custom space
+reloads without the space's JSON file; `checkpoint_sha256`, the super-network it was trained on, when known;
+layout, training metrics).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..fileio import read_json_object, read_safetensors
+from ..provenance import check_checkpoint, resolve_space
 from ..space import Arch, SearchSpace
 from .genes import GeneCoding
 
@@ -69,14 +72,17 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 class AccuracyPredictor:
-    """Predicted top-1 (percent) for architectures of one search space."""
+    """Predicted top-1 (percent) for architectures of one search space. `checkpoint_sha256`: the sha256 of
+    the super-network checkpoint whose sub-networks it was trained on ("" when unknown, e.g. OFA's); the
+    caller that trains it sets it, and `check_checkpoint` refuses another checkpoint."""
 
     def __init__(self, space: SearchSpace, hidden: Sequence[int] = OFA_HIDDEN, model: nn.Sequential | None = None,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, checkpoint_sha256: str = ""):
         self.space = space
         self.hidden = tuple(int(h) for h in hidden)
         self.model = (model or build_mlp(space.encoding_size, self.hidden)).eval()
         self.meta = dict(meta or {})
+        self.checkpoint_sha256 = checkpoint_sha256
 
     # --- prediction -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -136,27 +142,49 @@ class AccuracyPredictor:
         from ..fileio import atomic_write
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"{directory}: cannot create the predictor directory ({exc.strerror})") from None
         tensors = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         atomic_write(directory / "predictor.safetensors", lambda p: save_file(tensors, str(p)))
-        info = {"format": PREDICTOR_FORMAT, "preset": self.space.name, "encoding_size": self.space.encoding_size,
-                "hidden": list(self.hidden), "output": "top-1 fraction (x100 = percent)", **self.meta}
+        info = {**self.meta, "format": PREDICTOR_FORMAT, "preset": self.space.name, "space": self.space.to_dict(),
+                "checkpoint_sha256": self.checkpoint_sha256 or None, "encoding_size": self.space.encoding_size,
+                "hidden": list(self.hidden), "output": "top-1 fraction (x100 = percent)"}
         text = json.dumps(info, indent=1)
         atomic_write(directory / "predictor.json", lambda p: Path(p).write_text(text))
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, space: SearchSpace) -> "AccuracyPredictor":
+    def load(cls, directory: str | Path, space: SearchSpace | None = None,
+             checkpoint: str | Path | None = None) -> "AccuracyPredictor":
+        """Read a saved predictor. Its search space is the one its `predictor.json` describes; `space`, when
+        given, must be that space (files of older versions, which record only the preset's name, then use it).
+        `checkpoint`: see `check_checkpoint`."""
         directory = Path(directory)
         meta_path, weights = directory / "predictor.json", directory / "predictor.safetensors"
         if not meta_path.is_file() or not weights.is_file():
             raise UserError(f"'{directory}' is not an accuracy predictor (expected predictor.json and predictor.safetensors)")
         meta = read_json_object(meta_path, PREDICTOR_FORMAT)
-        if meta.get("preset") != space.name:
-            raise UserError(f"{meta_path}: predictor is for preset '{meta.get('preset')}', not '{space.name}'")
+        space = resolve_space(meta, str(meta_path), space, "predictor")
+        sha = meta.get("checkpoint_sha256") or ""
+        if not isinstance(sha, str):
+            raise UserError(f"{meta_path}: field 'checkpoint_sha256' must be a hex string or null, got {sha!r}")
         state = read_safetensors(weights)[0]
-        keep = {k: v for k, v in meta.items() if k not in ("format", "preset", "encoding_size", "hidden", "output")}
-        return cls._from_state(state, space, str(weights), keep)
+        keep = {k: v for k, v in meta.items() if k not in ("format", "preset", "space", "checkpoint_sha256",
+                                                           "encoding_size", "hidden", "output")}
+        pred = cls._from_state(state, space, str(weights), keep)
+        pred.checkpoint_sha256 = sha
+        if checkpoint is not None:
+            pred.check_checkpoint(checkpoint, f"{meta_path}: predictor")
+        return pred
+
+    def check_checkpoint(self, checkpoint: str | Path, where: str = "accuracy predictor") -> None:
+        """Refuse a super-network checkpoint this predictor does not describe: one of another search space
+        (naming the first differing field) or, when the predictor records the checkpoint it was trained on, a
+        file with another sha256 (its sub-networks' accuracies are not the ones it learned)."""
+        check_checkpoint(self.space, self.checkpoint_sha256, checkpoint, where, UserError, sha="error",
+                         hint="; train a predictor on this checkpoint's sub-networks")
 
     # --- training -------------------------------------------------------------------------------
     @classmethod

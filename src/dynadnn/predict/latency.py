@@ -188,6 +188,7 @@ class LatencyTable:
     source: str = "table"
     correction: Correction | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    checkpoint_sha256: str = ""  # the super-network profiled, when known (provenance: latency depends on shapes only)
 
     def __post_init__(self) -> None:
         self.resolutions: tuple[int, ...] = tuple(sorted(int(r) for r in self.entries if int(r) in self.space.resolutions))
@@ -307,8 +308,11 @@ class LatencyTable:
 
     # --- files ----------------------------------------------------------------------------------
     @classmethod
-    def from_dynamic_ofa(cls, directory: str | Path, space: SearchSpace, context: str) -> "LatencyTable":
-        """Dynamic-OFA's layout: one `{r}_lookup_table.json` per resolution (ours adds `table.json`)."""
+    def from_dynamic_ofa(cls, directory: str | Path, space: SearchSpace | None = None,
+                         context: str | None = None) -> "LatencyTable":
+        """Dynamic-OFA's layout: one `{r}_lookup_table.json` per resolution (ours adds `table.json`, whose
+        `space`, `context` and `correction` are used: `space`, when given, must be the space it describes;
+        Dynamic-OFA's own directories, which have no `table.json`, need `space`)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise UserError(f"latency table directory '{directory}' does not exist")
@@ -320,14 +324,22 @@ class LatencyTable:
             entries[int(m.group(1))] = read_json_object(path)
         if not entries:
             raise UserError(f"{directory}: no '<resolution>_lookup_table.json' files (expected Dynamic-OFA's layout)")
-        correction, meta = None, {}
+        correction, meta, sha = None, {}, ""
         meta_path = directory / TABLE_META
         if meta_path.is_file():
             meta = _read_meta(meta_path)
+            space = resolve_space(meta, str(meta_path), space, "latency table")
             if meta.get("correction"):
                 correction = Correction.from_dict(meta["correction"], f"{meta_path}: field 'correction'")
             context = meta.get("context", context)
-        return cls(space, context, entries, str(directory), correction, meta)
+            sha = meta.pop("checkpoint_sha256", None) or ""
+            if not isinstance(sha, str):
+                raise UserError(f"{meta_path}: field 'checkpoint_sha256' must be a hex string or null, got {sha!r}")
+            meta.pop("space", None)
+        elif space is None:
+            raise UserError(f"{directory}: no {TABLE_META} describing the table's search space; pass the space it "
+                            "was measured for")
+        return cls(space, context or directory.name, entries, str(directory), correction, meta, sha)
 
     @classmethod
     def from_ofa_yaml(cls, paths: Mapping[int, str | Path] | str | Path, space: SearchSpace,
@@ -344,8 +356,9 @@ class LatencyTable:
         return cls(space, context, entries, str(next(iter(paths.values()))), None, {})
 
     def save(self, directory: str | Path, meta: Mapping[str, Any] | None = None, yaml_too: bool = False) -> Path:
-        """Write Dynamic-OFA's layout (one JSON per resolution) plus `table.json` (context, preset,
-        correction, provenance); each file atomically."""
+        """Write Dynamic-OFA's layout (one JSON per resolution) plus `table.json` (context, preset and `space`,
+        the search space's full description, `checkpoint_sha256`, correction, provenance from `self.meta`
+        and `meta`); each file atomically."""
         from ..fileio import atomic_write
 
         directory = Path(directory)
@@ -359,12 +372,21 @@ class LatencyTable:
             if yaml_too:
                 ytext = yaml_table_text(self.entries[r])
                 atomic_write(directory / f"{r}_lookup_table.yaml", lambda p, t=ytext: Path(p).write_text(t))
-        info = {"format": TABLE_FORMAT, "context": self.context, "preset": self.space.name,
+        extra = {**dict(self.meta), **dict(meta or {})}
+        info = {**extra, "format": TABLE_FORMAT, "context": self.context, "preset": self.space.name,
+                "space": self.space.to_dict(), "checkpoint_sha256": self.checkpoint_sha256 or extra.get("checkpoint_sha256"),
                 "resolutions": list(self.resolutions), "unit": "ms",
-                "correction": self.correction.to_dict() if self.correction else None, **dict(self.meta), **dict(meta or {})}
+                "correction": self.correction.to_dict() if self.correction else None}
         text = json.dumps(info, indent=1)
         atomic_write(directory / TABLE_META, lambda p: Path(p).write_text(text))
         return directory
+
+    def check_checkpoint(self, checkpoint: str | Path) -> None:
+        """Refuse a super-network checkpoint of another search space (naming the first differing field). Its
+        sha256 is not compared: a layer's latency depends on its shapes, not its weights, so one profile
+        serves every checkpoint of the space (e.g. after more training)."""
+        check_checkpoint(self.space, self.checkpoint_sha256, checkpoint, f"{self.source}: latency table "
+                         f"'{self.context}'", UserError, sha="ignore")
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -431,14 +453,21 @@ def context_dirname(context: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]", "_", context)
 
 
-def load_tables(directory: str | Path, space: SearchSpace, contexts: Sequence[str]) -> dict[str, LatencyTable]:
-    """Tables from a profile directory (`DIR/<context>/...`), one per context."""
+def load_tables(directory: str | Path, space: SearchSpace | None, contexts: Sequence[str],
+                checkpoint: str | Path | None = None) -> dict[str, LatencyTable]:
+    """Tables from a profile directory (`DIR/<context>/...`), one per context. `space`: the space they must
+    be for (None: the one their `table.json` describes, the same for all). `checkpoint`: refuse tables of
+    another space than the checkpoint's (`LatencyTable.check_checkpoint`)."""
     directory = Path(directory)
-    out = {}
+    out: dict[str, LatencyTable] = {}
     for ctx in contexts:
         path = directory / context_dirname(ctx)
         if not path.is_dir():
             raise UserError(f"profile '{directory}' has no table for context '{ctx}' (expected {path}/); "
                             f"run `dynadnn profile` with that context")
-        out[ctx] = LatencyTable.from_dynamic_ofa(path, space, ctx)
+        table = out[ctx] = LatencyTable.from_dynamic_ofa(path, space, ctx)
+        first = next(iter(out.values()))
+        check_space(table.space, first.space, f"{path}: latency table '{ctx}'", f"'{first.context}' in the same profile")
+        if checkpoint is not None:
+            table.check_checkpoint(checkpoint)
     return out
