@@ -6,7 +6,7 @@ largest member, and 21 members of random sizes (`SearchSpace.sample_sized`), eac
 at 1 intra-op thread, as `dynadnn search` measures a family. Two protocols, alternated twice in one run:
   round_robin  each turn runs every member once in turn (each run follows 23 other members' runs)
   burst        each turn runs every member once untimed, then --burst times timed, back to back (what
-               `runtime.knobs.build_options` does, so a family's latencies are the ones served)
+               `deploy.measure_runners` does, so a family's latencies are the ones served)
   after_switch each turn serves another member (chosen at random) for 20 frames, then times this member's
                first frame: what the first frame after a switch costs when the manager switches members
 
@@ -30,7 +30,7 @@ from _common import emit_json, load_average, print_table
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dynadnn.runtime.knobs import member_runners  # noqa: E402
+from dynadnn.deploy import member_runners  # noqa: E402
 from dynadnn.supernet.checkpoint import load_checkpoint  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Export benchmark: what the ONNX graph the runtime serves costs at batch 1, with and without fusing
 OFA's two-step global pooling (`x.mean(3).mean(2)`, two ReduceMean nodes) into one GlobalAveragePool
-(`dynadnn.runtime.knobs.fuse_global_pools`, applied by `export_onnx`).
+(`dynadnn.deploy.fuse_global_pools`, applied by `export_onnx`).
 
 For the shipped model (zoo:animals, BN statistics as shipped) and the space's smallest and largest members
 at each of its smallest and largest resolutions, one ONNX Runtime session per (member, graph) at 1 intra-op
@@ -27,8 +27,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import torch  # noqa: E402
 
-from dynadnn.runtime.knobs import OrtRunner  # noqa: E402
-from dynadnn.supernet.export import export_onnx  # noqa: E402
+from dynadnn.deploy import OrtRunner, export_onnx  # noqa: E402
 from dynadnn.supernet.checkpoint import load_checkpoint  # noqa: E402
 
 

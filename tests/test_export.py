@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from dynadnn.supernet.export import export_onnx, fuse_global_pools
+from dynadnn.deploy import export_onnx, fuse_global_pools
 from dynadnn.space import load_space
 from dynadnn.supernet.network import SuperNet
 

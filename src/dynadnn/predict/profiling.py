@@ -3,7 +3,7 @@
 Each distinct layer of a space (per resolution) is built from standard modules shaped like the layers of
 an extracted, BN-folded static member (`StaticNet.fuse()`: biased convolutions, activations, SE, the
 residual add) and timed at batch 1 on the backend the runtime serves with: on the CPU, ONNX Runtime, each
-layer exported as members are (`supernet.export`); eager PyTorch on CUDA or on request. Timing: warm-up,
+layer exported as members are (`deploy`); eager PyTorch on CUDA or on request. Timing: warm-up,
 then every layer of every resolution round-robin, in warm bursts, each turn divided by the machine's speed
 of the moment (`time_interleaved`). Whole random members are timed the same way; a per-context
 `Correction` (linear in the LUT sum and the number of blocks, plus per-resolution offsets where cross-validation
@@ -161,7 +161,7 @@ def speed_normalised_medians(who: np.ndarray, seq: np.ndarray, n: int, window: i
 def resolve_backend(backend: str, device: str) -> str:
     """`auto` is ONNX Runtime on the CPU (what the runtime serves there: it was faster for every member
     measured here) and PyTorch on CUDA; ONNX Runtime is CPU-only here."""
-    from ..supernet.export import BACKENDS
+    from ..deploy import BACKENDS
 
     if backend == "auto":
         return "torch" if device.startswith("cuda") else "ort"
@@ -193,10 +193,10 @@ def _timing_plan(backend: str, device: str, kind: str, runs: int | None, burst: 
 def _runner(module: nn.Module, shape: Sequence[int], device: str, backend: str = "torch",
             threads: int = 1, onnx_cache: dict | None = None, key: str = "") -> Callable[[], Any]:
     """A zero-argument call running `module` once at batch 1: eagerly in PyTorch, or exported to ONNX (the
-    graph the runtime serves, `supernet.export`) in an ONNX Runtime session of `threads` threads. Exports
+    graph the runtime serves, `deploy`) in an ONNX Runtime session of `threads` threads. Exports
     are kept in `onnx_cache` under `key` when given (one export serves every thread count)."""
     if backend == "ort":
-        from ..supernet.export import export_module, ort_session
+        from ..deploy import export_module, ort_session
 
         blob = onnx_cache.get(key) if onnx_cache is not None and key else None
         if blob is None:
