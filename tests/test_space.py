@@ -336,3 +336,25 @@ def test_sample_sized_spans_the_space_wider_than_uniform_sampling():
     uniform = [sum(space.sample(rng).d) for _ in range(2000)]
     assert np.std(sized) > 1.3 * np.std(uniform)
     assert abs(np.mean(sized) - np.mean(uniform)) < 0.2  # same centre: level 0.5 is uniform per choice
+
+
+def test_layout_walks_ofas_feature_sizes_and_widths():
+    space = load_space("ofa_mbv3_w1.0")
+    lay = space.layout(224)
+    assert (lay.stem.fin, lay.stem.fout, lay.stem.cin, lay.stem.cout) == (224, 112, 3, 16)
+    first = lay.blocks[0]
+    assert (first.index, first.stage, first.fin, first.cin, first.cout, first.expands) == (0, -1, 112, 16, 16, False)
+    assert first.mid(1) == 16 and first.residual
+    assert len(lay.slots) == space.n_blocks and [b.index for b in lay.slots] == list(range(1, 21))
+    assert [b.stage for b in lay.slots] == [space.stage_of(i) for i in range(20)]
+    assert [b.fin for b in lay.slots[::4]] == [112, 56, 28, 14, 14]  # each stage's first block
+    assert [b.fout for b in lay.slots[3::4]] == [56, 28, 14, 14, 7]  # later blocks keep the stage's size
+    assert [b.stride for b in lay.slots[:4]] == [2, 1, 1, 1] and not lay.slots[0].residual and lay.slots[1].residual
+    assert [lay.slots[4].mid(e) for e in (3, 4, 6)] == [72, 96, 144] and lay.slots[4].se_width(144) == 40
+    assert (lay.final.fin, lay.final.cin, lay.final.cout, lay.mix.cout, lay.n_classes) == (7, 160, 960, 1280, 1000)
+    assert lay.final.bn and not lay.mix.bn and lay.mix.fin == 1
+    # only the feature sizes depend on the resolution
+    small = space.layout(128)
+    assert [b.fin for b in small.slots[::4]] == [64, 32, 16, 8, 8]
+    strip = lambda b: dataclasses.replace(b, fin=0)  # noqa: E731
+    assert [strip(b) for b in small.blocks] == [strip(b) for b in lay.blocks]

@@ -318,3 +318,48 @@ def test_switch_from_another_thread_never_mixes_two_members(tiny):
             pytest.fail(f"an inference mixed two members: distance to a {(out - ref_a).abs().max():.3g}, "
                         f"to b {(out - ref_b).abs().max():.3g}")
     assert seen["a"] > 0 and seen["b"] > 0, seen  # the switches really happened during the inferences
+
+
+@pytest.mark.parametrize("name", ["tiny", "ofa_mbv3_w1.2"])
+def test_network_and_latency_layers_agree_on_every_layer(name):
+    """The super-network and the latency table walk one layout: run, each layer of a member has the input
+    and output shapes, middle width, kernel, stride, SE, skip and activation that its latency key names."""
+    from dynadnn.predict.latency import arch_layers
+
+    space = load_space(name)
+    net = SuperNet(space).eval()
+    rng = random.Random(0)
+    for arch in (space.max_arch(space.resolutions[-1]), space.min_arch(space.resolutions[0]), space.sample(rng)):
+        static = net.extract(arch)
+        modules = [static.stem, *static.blocks, static.final, static.mix, static.classifier]
+        seen = []
+        hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0].shape[1:], o.shape[1:]))) for m in modules]
+        with torch.no_grad():
+            static(torch.zeros(1, space.in_channels, arch.r, arch.r))
+        for h in hooks:
+            h.remove()
+        layers = [layer for layer in arch_layers(space, arch) if layer.kind != "AvgPool2D"]
+        assert [layer.kind for layer in layers] == ["Conv"] + ["expanded_conv"] * (len(seen) - 4) + ["Conv_1", "Conv_2", "Logits"]
+        for (module, shape_in, shape_out), layer in zip(seen, layers):
+            if layer.kind == "Logits":
+                assert (tuple(shape_in), tuple(shape_out)) == ((layer.cin,), (layer.cout,))
+                continue
+            assert tuple(shape_in) == (layer.cin, layer.fin, layer.fin), layer.key
+            assert tuple(shape_out) == (layer.cout, layer.fout, layer.fout), layer.key
+            if layer.kind == "expanded_conv":
+                dw = module.dw.conv
+                assert (dw.out_channels, dw.kernel_size[0], dw.stride[0]) == (layer.mid, layer.kernel, layer.stride)
+                assert (module.se is not None, module.residual) == (bool(layer.se), bool(layer.idskip)), layer.key
+                assert isinstance(module.dw.act, nn.Hardswish) == bool(layer.hs), layer.key
+
+
+def test_one_activation_table_serves_plans_and_modules():
+    from dynadnn.space import ACTIVATIONS
+    from dynadnn.supernet.static import ACTIVATION_TABLE, act_fn, act_module
+
+    assert set(ACTIVATION_TABLE) == set(ACTIVATIONS)
+    x = torch.linspace(-5, 5, 101)
+    for name in ACTIVATIONS:
+        assert torch.equal(act_fn(name)(x), act_module(name)(x))
+    assert act_fn("relu")(x).min() == 0 and act_fn("h_swish")(x).min() < 0
+    assert act_fn(None) is None and act_module(None) is None

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ArchError
-from ..space import Arch, SearchSpace, make_divisible
+from ..space import Arch, BlockShape, SearchSpace
 from .plan import BN, SE, BlockPlan, Conv, Plan, detach_plan
-from .static import StaticNet
-
-ACT: dict[str | None, Callable[[Tensor], Tensor] | None] = {"relu": F.relu, "h_swish": F.hardswish, None: None}
+from .static import StaticNet, act_fn
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -38,40 +36,37 @@ def _bn(c: int, space: SearchSpace) -> nn.BatchNorm2d:
 
 
 class ElasticBlock(nn.Module):
-    """An inverted-residual block at its largest size; `plan` slices it for a kernel and expand ratio."""
+    """An inverted-residual block at its largest size (`shape`, from the space's layout); `plan` slices it
+    for a kernel and expand ratio."""
 
-    def __init__(self, space: SearchSpace, cin: int, cout: int, stride: int, act: str, se: bool,
-                 ks_choices: tuple[int, ...], e_choices: tuple[int, ...]):
+    def __init__(self, space: SearchSpace, shape: BlockShape):
         super().__init__()
-        self.cin, self.cout, self.stride, self.act, self.use_se = cin, cout, stride, act, se
-        self.ks_choices, self.e_choices = tuple(sorted(ks_choices)), tuple(sorted(e_choices))
-        self.residual = stride == 1 and cin == cout
-        max_mid = make_divisible(round(cin * max(e_choices)), space.divisor)
-        kmax = max(ks_choices)
-        if max(e_choices) != 1:
-            self.expand = nn.Conv2d(cin, max_mid, 1, bias=False)
+        self.shape = shape
+        self.cin, self.cout, self.stride, self.act, self.use_se = shape.cin, shape.cout, shape.stride, shape.act, shape.se
+        self.ks_choices, self.e_choices = tuple(sorted(shape.ks_choices)), tuple(sorted(shape.e_choices))
+        self.residual = shape.residual
+        max_mid, kmax = shape.max_mid, max(self.ks_choices)
+        if shape.expands:
+            self.expand = nn.Conv2d(shape.cin, max_mid, 1, bias=False)
             self.expand_bn = _bn(max_mid, space)
         else:  # OFA's first block: no expansion, the middle width is the input width
-            self.expand, self.expand_bn, max_mid = None, None, cin
-        self.dw = nn.Conv2d(max_mid, max_mid, kmax, stride, kmax // 2, groups=max_mid, bias=False)
+            self.expand, self.expand_bn = None, None
+        self.dw = nn.Conv2d(max_mid, max_mid, kmax, shape.stride, kmax // 2, groups=max_mid, bias=False)
         self.dw_bn = _bn(max_mid, space)
         # OFA's kernel transformation matrices, largest first: "7to5", "5to3", each initialised to identity.
         self.kernel_transforms = nn.ParameterDict({
             f"{big}to{small}": nn.Parameter(torch.eye(small * small))
             for small, big in zip(self.ks_choices[:-1], self.ks_choices[1:])
         })
-        if se:
-            se_mid = make_divisible(max_mid // 4, space.divisor)
+        if shape.se:
+            se_mid = shape.se_width(max_mid)
             self.se_reduce = nn.Conv2d(max_mid, se_mid, 1, bias=True)
             self.se_expand = nn.Conv2d(se_mid, max_mid, 1, bias=True)
-        self.project = nn.Conv2d(max_mid, cout, 1, bias=False)
-        self.project_bn = _bn(cout, space)
-        self.divisor = space.divisor
+        self.project = nn.Conv2d(max_mid, shape.cout, 1, bias=False)
+        self.project_bn = _bn(shape.cout, space)
 
     def middle(self, e: int) -> int:
-        if self.expand is None:
-            return self.cin
-        return make_divisible(round(self.cin * e), self.divisor)
+        return self.shape.mid(e)
 
     def dw_filter(self, mid: int, k: int) -> Tensor:
         """Depthwise filter for kernel `k`: the centre crop of the largest kernel, transformed step by step
@@ -96,7 +91,7 @@ class ElasticBlock(nn.Module):
         mirrors OFA's `DynamicMBConvLayer.re_organize_middle_weights` step by step."""
         importance = self.project.weight.abs().sum(dim=(0, 2, 3))
         if expand_ratio_stage > 0:
-            targets = [make_divisible(round(self.cin * e), self.divisor) for e in sorted(self.e_choices, reverse=True)]
+            targets = [self.shape.mid(e) for e in sorted(self.e_choices, reverse=True)]
             right, base = len(importance), -len(targets) * 1e5
             for i in range(expand_ratio_stage + 1):
                 left = targets[i]
@@ -133,21 +128,16 @@ class SuperNet(nn.Module):
     def __init__(self, space: SearchSpace):
         super().__init__()
         self.space = space
-        fc, fb = space.first_conv, space.first_block
-        self.first_conv = nn.Conv2d(space.in_channels, fc.width, 3, fc.stride, 1, bias=False)
-        self.first_bn = _bn(fc.width, space)
-        blocks = [ElasticBlock(space, fc.width, fb.width, fb.stride, fb.act, fb.se, (3,), (1,))]
-        cin = fb.width
-        for st in space.stages:
-            for i in range(space.max_depth):
-                blocks.append(ElasticBlock(space, cin, st.width, st.stride if i == 0 else 1, st.act, st.se,
-                                           space.ks_choices, space.e_choices))
-                cin = st.width
-        self.blocks = nn.ModuleList(blocks)
-        self.final_expand = nn.Conv2d(cin, space.final_expand, 1, bias=False)
-        self.final_bn = _bn(space.final_expand, space)
-        self.feature_mix = nn.Conv2d(space.final_expand, space.feature_mix, 1, bias=False)
-        self.classifier = nn.Linear(space.feature_mix, space.n_classes)
+        # channels, kernels, strides and activations do not depend on the resolution: any layout serves
+        self.layout = lay = space.layout(space.resolutions[-1])
+        stem, final, mix = lay.stem, lay.final, lay.mix
+        self.first_conv = nn.Conv2d(stem.cin, stem.cout, stem.kernel, stem.stride, stem.kernel // 2, bias=False)
+        self.first_bn = _bn(stem.cout, space)
+        self.blocks = nn.ModuleList([ElasticBlock(space, shape) for shape in lay.blocks])
+        self.final_expand = nn.Conv2d(final.cin, final.cout, final.kernel, bias=False)
+        self.final_bn = _bn(final.cout, space)
+        self.feature_mix = nn.Conv2d(mix.cin, mix.cout, mix.kernel, bias=False)
+        self.classifier = nn.Linear(mix.cout, lay.n_classes)
         self._lock = threading.Lock()
         self._plan_cache: OrderedDict[tuple, Plan] = OrderedDict()
         self.plan_cache_size = 32
@@ -211,8 +201,8 @@ class SuperNet(nn.Module):
                             stride, k // 2, groups, None, act)
             return Conv(weight, None, stride, k // 2, groups, bn_, act)
 
-        stem = conv(self.first_conv.weight, space.first_conv.stride, 1,
-                    bn(self.first_bn, "first_bn", space.first_conv.width), space.first_conv.act)
+        lay = self.layout
+        stem = conv(self.first_conv.weight, lay.stem.stride, 1, bn(self.first_bn, "first_bn", lay.stem.cout), lay.stem.act)
         active = [0] + [1 + b for b in space.active_blocks(arch)]
         blocks = []
         for idx in active:
@@ -226,13 +216,14 @@ class SuperNet(nn.Module):
             dw = conv(blk.dw_filter(mid, k), blk.stride, mid, bn(blk.dw_bn, f"{p}.dw_bn", mid), blk.act)
             se = None
             if blk.use_se:
-                s = make_divisible(mid // 4, space.divisor)
+                s = blk.shape.se_width(mid)
                 se = SE(blk.se_reduce.weight[:s, :mid], blk.se_reduce.bias[:s],
                         blk.se_expand.weight[:mid, :s], blk.se_expand.bias[:mid])
             project = conv(blk.project.weight[:, :mid], 1, 1, bn(blk.project_bn, f"{p}.project_bn", blk.cout), None)
             blocks.append(BlockPlan(expand, dw, se, project, blk.residual))
-        final = conv(self.final_expand.weight, 1, 1, bn(self.final_bn, "final_bn", space.final_expand), "h_swish")
-        mix = Conv(self.feature_mix.weight, None, 1, 0, 1, None, "h_swish")
+        final = conv(self.final_expand.weight, lay.final.stride, 1, bn(self.final_bn, "final_bn", lay.final.cout),
+                     lay.final.act)
+        mix = Conv(self.feature_mix.weight, None, lay.mix.stride, 0, 1, None, lay.mix.act)
         plan = Plan(arch, stem, tuple(blocks), final, mix, self.classifier.weight, self.classifier.bias,
                     space.dropout, fold_bn)
         if not torch.is_grad_enabled():
@@ -352,7 +343,7 @@ def _conv(c: Conv, x: Tensor, mode: str, record: dict | None) -> Tensor:
             acc = record.get(b.key)
             record[b.key] = [n, mean * n, var * n] if acc is None else [acc[0] + n, acc[1] + mean * n, acc[2] + var * n]
             x = F.batch_norm(x, mean, var, b.weight, b.bias, False, 0.0, b.eps)
-    act = ACT[c.act]
+    act = act_fn(c.act)
     return x if act is None else act(x)
 
 
