@@ -17,7 +17,6 @@ data order by (seed, epoch), so a resumed run repeats exactly what an uninterrup
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -194,14 +193,84 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+@dataclass
+class _Run:
+    """A training run in progress: what it trains and with what, where it stands, and where it writes."""
+
+    recipe: Recipe
+    space: SearchSpace
+    net: SuperNet
+    data: Any
+    model: nn.Module  # the SandwichLoss, wrapped in DistributedDataParallel when there are several ranks
+    optimizer: torch.optim.Optimizer
+    out: Path | None
+    command: str | None
+    device: str
+    rank: int
+    world: int
+    steps_per_epoch: int
+    warmup: int
+    step: int = 0  # steps done, those of the interrupted run included when resumed
+    spent_before: float = 0.0  # training seconds of the interrupted run
+    budget_s: float | None = None  # a --minutes budget (when no step count is fixed)
+    t0: float = 0.0  # perf_counter() when this process started the loop
+    images: int = 0
+    last_loss: float = float("nan")
+    losses: list[float] = field(default_factory=list)
+    bar: Any = None  # a rich Progress on rank 0, or None
+    task: Any = None
+
+    @property
+    def per_rank(self) -> int:
+        return self.recipe.batch_size // self.world
+
+    def elapsed(self) -> float:
+        """Training seconds so far, the interrupted run's included."""
+        return self.spent_before + time.perf_counter() - self.t0
+
+    def meta(self, step: int, metrics: dict) -> dict:
+        data, recipe = self.data, self.recipe
+        return {"data": recipe.data, "dataset": data.describe(), "recipe": recipe.to_dict(), "seed": recipe.seed,
+                "steps": step, "metrics": metrics, "command": self.command or " ".join(sys.argv),
+                "world_size": self.world, "norm": {"mean": data.mean, "std": data.std},
+                "train_seconds": round(self.elapsed(), 3)}
+
+    def save(self, step: int, metrics: dict, name: str = "last.safetensors") -> Path | None:
+        """Write checkpoint `out/name` and its training state (rank 0 only; None when nothing is written)."""
+        if self.out is None or self.rank != 0:
+            return None
+        path = self.out / name
+        save_training_state(state_path(path), self.optimizer, step)
+        save_checkpoint(self.net, path, self.meta(step, metrics))
+        return path
+
+
 def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, checkpoint_every: int = 200,
           evaluate_at_end: bool = True, progress: bool = True, command: str | None = None,
           net: SuperNet | None = None, data=None, device: str = "cpu",
           on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a super-network by the sandwich rule. Writes `out/last.safetensors` every `checkpoint_every`
     steps and at the end (and `out/final.safetensors`), each with `out/<name>.train-state.safetensors`."""
-    from .evaluate import evaluate_members
+    run = _start_run(recipe, out, resume=resume, command=command, net=net, data=data, device=device)
+    _start_progress(run, progress and run.rank == 0)
+    try:
+        _loop(run, checkpoint_every, on_step)
+    finally:
+        if run.bar:
+            run.bar.stop()
+    seconds = time.perf_counter() - run.t0
+    metrics = _final_metrics(run, seconds, evaluate_at_end)
+    path = None
+    if run.out is not None and run.rank == 0:
+        path = run.save(run.step, metrics)
+        run.save(run.step, metrics, "final.safetensors")
+    return TrainResult(run.step, run.images, seconds, run.images / max(1e-9, seconds), run.last_loss, metrics, path)
 
+
+# --- set-up and resume ------------------------------------------------------------------------------
+def _start_run(recipe: Recipe, out: str | Path | None, *, resume: bool, command: str | None,
+               net: SuperNet | None, data, device: str) -> _Run:
+    """Check the request, build (or resume) the network, the data, the loss module and the optimizer."""
     rank, world = _dist()
     space = load_space(recipe.preset)
     if recipe.dropout is not None:
@@ -212,26 +281,50 @@ def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, check
     out = Path(out) if out is not None else None
     if out is not None and rank == 0:
         check_writable(out)
-
     start_step, spent_before = 0, 0.0
     ckpt = out / "last.safetensors" if out is not None else None
     if resume:
-        if ckpt is None or not ckpt.is_file():
-            raise UserError(f"--resume: no checkpoint at {ckpt}")
-        saved_meta = read_checkpoint_meta(ckpt)
-        if saved_meta.get("preset") != space.name:
-            raise CheckpointError(f"--resume {ckpt}: checkpoint is for preset '{saved_meta.get('preset')}', "
-                                  f"this run trains '{space.name}'")
-        net, _ = load_checkpoint(ckpt)
-        if recipe.dropout is not None:
-            net.space = space
-        start_step = int(saved_meta.get("steps", 0))
-        saved = saved_meta.get("recipe", {})
-        if saved.get("steps"):
-            recipe.steps = int(saved["steps"])  # keep the schedule of the interrupted run
-        spent_before = float(saved_meta.get("train_seconds", 0.0))
-        if rank == 0:
-            print(f"resuming {ckpt} from step {start_step}", flush=True)
+        net, start_step, spent_before = _resume(ckpt, recipe, space, rank)
+    net, data = _net_and_data(recipe, space, net, data, device)
+    steps_per_epoch = data.n_train // recipe.batch_size
+    warmup = _fix_budget(recipe, steps_per_epoch)
+    module = SandwichLoss(net, recipe.label_smoothing, recipe.channels_last)
+    model = module
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True, bucket_cap_mb=256,
+                                                    device_ids=None if device == "cpu" else [torch.device(device).index])
+    optimizer = torch.optim.SGD(param_groups(net, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
+                                nesterov=True)
+    if resume:
+        load_training_state(state_path(ckpt), optimizer, start_step)
+    budget_s = recipe.minutes * 60 if recipe.minutes and recipe.steps is None else None
+    return _Run(recipe, space, net, data, model, optimizer, out, command, device, rank, world, steps_per_epoch,
+                warmup, step=start_step, spent_before=spent_before, budget_s=budget_s, t0=time.perf_counter())
+
+
+def _resume(ckpt: Path | None, recipe: Recipe, space: SearchSpace, rank: int) -> tuple[SuperNet, int, float]:
+    """The interrupted run's network, step and training seconds from `ckpt`; keeps its step count."""
+    if ckpt is None or not ckpt.is_file():
+        raise UserError(f"--resume: no checkpoint at {ckpt}")
+    saved_meta = read_checkpoint_meta(ckpt)
+    if saved_meta.get("preset") != space.name:
+        raise CheckpointError(f"--resume {ckpt}: checkpoint is for preset '{saved_meta.get('preset')}', "
+                              f"this run trains '{space.name}'")
+    net, _ = load_checkpoint(ckpt)
+    if recipe.dropout is not None:
+        net.space = space
+    start_step = int(saved_meta.get("steps", 0))
+    saved = saved_meta.get("recipe", {})
+    if saved.get("steps"):
+        recipe.steps = int(saved["steps"])  # keep the schedule of the interrupted run
+    spent_before = float(saved_meta.get("train_seconds", 0.0))
+    if rank == 0:
+        print(f"resuming {ckpt} from step {start_step}", flush=True)
+    return net, start_step, spent_before
+
+
+def _net_and_data(recipe: Recipe, space: SearchSpace, net: SuperNet | None, data, device: str):
+    """The network (given, resumed, from --init, or seeded) on `device` in train mode, and the data set."""
     if net is None and recipe.init:
         net = _initial_net(recipe.init, space)
     net = net or _seeded_net(space, recipe.seed)
@@ -243,120 +336,131 @@ def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, check
     if recipe.channels_last:
         net.to(memory_format=torch.channels_last)
     net.train()
+    return net, data
 
-    steps_per_epoch = data.n_train // recipe.batch_size
+
+def _fix_budget(recipe: Recipe, steps_per_epoch: int) -> int:
+    """Turn --epochs into a step count (in `recipe`), refuse a run without a budget; return the warm-up steps."""
     if recipe.steps is None and recipe.epochs is not None:
         recipe.steps = max(1, int(round(recipe.epochs * steps_per_epoch)))
     if recipe.steps is None and recipe.minutes is None:
         raise UserError("give a budget: --minutes, --epochs or --steps")
-    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    return int(recipe.warmup_epochs * steps_per_epoch)
 
-    module = SandwichLoss(net, recipe.label_smoothing, recipe.channels_last)
-    model = module
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True, bucket_cap_mb=256,
-                                                    device_ids=None if device == "cpu" else [torch.device(device).index])
-    optimizer = torch.optim.SGD(param_groups(net, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=True)
-    if resume:
-        load_training_state(state_path(ckpt), optimizer, start_step)
 
-    def meta(step: int, metrics: dict) -> dict:
-        return {"data": recipe.data, "dataset": data.describe(), "recipe": recipe.to_dict(), "seed": recipe.seed,
-                "steps": step, "metrics": metrics, "command": command or " ".join(sys.argv),
-                "world_size": world, "norm": {"mean": data.mean, "std": data.std},
-                "train_seconds": round(spent_before + time.perf_counter() - t0, 3)}
+# --- the loop ---------------------------------------------------------------------------------------
+def _loop(run: _Run, checkpoint_every: int, on_step: Callable[[int, float], None] | None) -> None:
+    """Epoch after epoch, one sandwich step per batch, until the step count or the time budget is reached."""
+    epoch = run.step // run.steps_per_epoch
+    while True:
+        for x, y in _epoch_batches(run, epoch):
+            schedule = _schedule(run)
+            if schedule is None:
+                return
+            lr, frac = schedule
+            loss = _sandwich_step(run, x, y, lr)
+            if on_step:
+                on_step(run.step, loss)
+            _show_progress(run, lr, frac)
+            if _checkpoint_due(run, checkpoint_every):
+                run.save(run.step, {"train_loss": _recent_loss(run.losses)})
+                run.net.train()
+        epoch += 1
 
-    def save(step: int, metrics: dict, name: str = "last.safetensors") -> Path | None:
-        if out is None or rank != 0:
-            return None
-        path = out / name
-        save_training_state(state_path(path), optimizer, step)
-        save_checkpoint(net, path, meta(step, metrics))
-        return path
 
-    per_rank = recipe.batch_size // world
-    t0 = time.perf_counter()
-    step, images, last_loss, losses = start_step, 0, float("nan"), []
-    budget_s = recipe.minutes * 60 if recipe.minutes and recipe.steps is None else None
-    bar = _progress(progress and rank == 0)
-    task = bar.add_task("train", total=recipe.steps or 100) if bar else None
-    if bar:
-        bar.start()
-        bar.update(task, completed=step if budget_s is None else 100 * spent_before / budget_s)
-    epoch = step // steps_per_epoch
-    saved_at = step
-    try:
-        while True:
-            gen = torch.Generator().manual_seed(recipe.seed * 7919 + epoch)
-            batches = data.train_batches(per_rank, gen, recipe.augment, shard=(rank, world))
-            for _ in range(step - epoch * steps_per_epoch):  # resumed mid-epoch: replay the order, skip work
-                next(batches)
-            for x, y in batches:
-                if recipe.steps is not None and step >= recipe.steps:
-                    break
-                if budget_s is not None:
-                    # wall-clock budget: the cosine follows the fraction of the budget spent (rank 0's clock)
-                    frac = _agree((spent_before + time.perf_counter() - t0) / budget_s, world)
-                    if frac >= 1.0:
-                        break
-                    lr = lr_by_time(step, frac, warmup, recipe.lr)
-                else:
-                    lr = lr_at(step, recipe.steps, warmup, recipe.lr)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                torch.manual_seed(recipe.seed * 1_000_003 + step)  # dropout: same on every run
-                members = step_members(space, recipe.seed, step, recipe.n_random, recipe.sandwich,
-                                       recipe.shared_resolution)
-                x, y = x.to(device), y.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = 0.0
-                for xm, ym in zip(x.chunk(recipe.micro_batches), y.chunk(recipe.micro_batches)):
-                    part, _ = model(xm, ym, members)
-                    (part / recipe.micro_batches).backward()
-                    loss = loss + part.detach() / recipe.micro_batches
-                optimizer.step()
-                step += 1
-                images += x.shape[0] * world
-                last_loss = float(loss.detach())
-                losses.append(last_loss)
-                if on_step:
-                    on_step(step, last_loss)
-                if bar:
-                    rate = images / max(1e-9, time.perf_counter() - t0)
-                    bar.update(task, completed=step if budget_s is None else 100 * frac,
-                               description=f"train loss {last_loss:.3f} {rate:.0f} img/s")
-                    if not bar.console.is_terminal and step % 25 == 0:  # a log file still sees progress
-                        print(f"step {step}/{recipe.steps} loss {sum(losses[-25:]) / len(losses[-25:]):.4f} "
-                              f"lr {lr:.4f} {rate:.1f} img/s {time.perf_counter() - t0:.0f}s", flush=True)
-                if out is not None and checkpoint_every and step % checkpoint_every == 0 and \
-                        (recipe.steps is None or step < recipe.steps):
-                    metrics = {"train_loss": sum(losses[-50:]) / len(losses[-50:])}
-                    save(step, metrics)
-                    saved_at = step
-                    net.train()
-            else:
-                epoch += 1
-                continue
-            break
-    finally:
-        if bar:
-            bar.stop()
-    seconds = time.perf_counter() - t0
-    metrics: dict[str, float] = {"train_loss": sum(losses[-50:]) / max(1, len(losses[-50:]))}
-    if evaluate_at_end and rank == 0:
-        net.eval()
-        for row in evaluate_members(net, data, [("max", space.max_arch()), ("min", space.min_arch())]):
+def _epoch_batches(run: _Run, epoch: int):
+    """This rank's batches of `epoch`, in the order seeded by (seed, epoch); those already trained skipped."""
+    gen = torch.Generator().manual_seed(run.recipe.seed * 7919 + epoch)
+    batches = run.data.train_batches(run.per_rank, gen, run.recipe.augment, shard=(run.rank, run.world))
+    for _ in range(run.step - epoch * run.steps_per_epoch):  # resumed mid-epoch: replay the order, skip work
+        next(batches)
+    return batches
+
+
+def _schedule(run: _Run) -> tuple[float, float | None] | None:
+    """The learning rate of the next step and the fraction of a time budget spent (None without one);
+    None when the run is done."""
+    recipe = run.recipe
+    if recipe.steps is not None and run.step >= recipe.steps:
+        return None
+    if run.budget_s is None:
+        return lr_at(run.step, recipe.steps, run.warmup, recipe.lr), None
+    # wall-clock budget: the cosine follows the fraction of the budget spent (rank 0's clock)
+    frac = _agree(run.elapsed() / run.budget_s, run.world)
+    if frac >= 1.0:
+        return None
+    return lr_by_time(run.step, frac, run.warmup, recipe.lr), frac
+
+
+def _sandwich_step(run: _Run, x: Tensor, y: Tensor, lr: float) -> float:
+    """One optimizer step of the sandwich rule on batch (x, y) at learning rate `lr`; returns its loss."""
+    recipe, optimizer = run.recipe, run.optimizer
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    torch.manual_seed(recipe.seed * 1_000_003 + run.step)  # dropout: same on every run
+    members = step_members(run.space, recipe.seed, run.step, recipe.n_random, recipe.sandwich,
+                           recipe.shared_resolution)
+    x, y = x.to(run.device), y.to(run.device)
+    optimizer.zero_grad(set_to_none=True)
+    loss = 0.0
+    for xm, ym in zip(x.chunk(recipe.micro_batches), y.chunk(recipe.micro_batches)):
+        part, _ = run.model(xm, ym, members)
+        (part / recipe.micro_batches).backward()
+        loss = loss + part.detach() / recipe.micro_batches
+    optimizer.step()
+    run.step += 1
+    run.images += x.shape[0] * run.world
+    run.last_loss = float(loss.detach())
+    run.losses.append(run.last_loss)
+    return run.last_loss
+
+
+def _checkpoint_due(run: _Run, every: int) -> bool:
+    """A periodic checkpoint after this step? (Not after the last: train() writes that one.)"""
+    return bool(run.out is not None and every and run.step % every == 0 and
+                (run.recipe.steps is None or run.step < run.recipe.steps))
+
+
+def _recent_loss(losses: list[float]) -> float:
+    """The mean loss of the last 50 steps."""
+    return sum(losses[-50:]) / max(1, len(losses[-50:]))
+
+
+# --- progress and evaluation ------------------------------------------------------------------------
+def _start_progress(run: _Run, enabled: bool) -> None:
+    run.bar = _progress(enabled)
+    if run.bar:
+        run.task = run.bar.add_task("train", total=run.recipe.steps or 100)
+        run.bar.start()
+        run.bar.update(run.task, completed=run.step if run.budget_s is None else 100 * run.spent_before / run.budget_s)
+
+
+def _show_progress(run: _Run, lr: float, frac: float | None) -> None:
+    if not run.bar:
+        return
+    rate = run.images / max(1e-9, time.perf_counter() - run.t0)
+    run.bar.update(run.task, completed=run.step if run.budget_s is None else 100 * frac,
+                   description=f"train loss {run.last_loss:.3f} {rate:.0f} img/s")
+    if not run.bar.console.is_terminal and run.step % 25 == 0:  # a log file still sees progress
+        recent = run.losses[-25:]
+        print(f"step {run.step}/{run.recipe.steps} loss {sum(recent) / len(recent):.4f} "
+              f"lr {lr:.4f} {rate:.1f} img/s {time.perf_counter() - run.t0:.0f}s", flush=True)
+
+
+def _final_metrics(run: _Run, seconds: float, evaluate_at_end: bool) -> dict[str, float]:
+    """The recent training loss, the max and min members' top-1 (calibrated, on rank 0) and the speed."""
+    from .evaluate import evaluate_members
+
+    metrics: dict[str, float] = {"train_loss": _recent_loss(run.losses)}
+    if evaluate_at_end and run.rank == 0:
+        run.net.eval()
+        for row in evaluate_members(run.net, run.data, [("max", run.space.max_arch()), ("min", run.space.min_arch())]):
             metrics[f"top1_{row['name']}"] = row["top1"]
-        net.train()
-    metrics["images_per_s"] = images / max(1e-9, seconds)
-    if world > 1:
-        metrics["ranks_identical"] = float(ranks_identical(net))
-    path = None
-    if out is not None and rank == 0:
-        path = save(step, metrics)
-        save(step, metrics, "final.safetensors")
-    return TrainResult(step, images, seconds, images / max(1e-9, seconds), last_loss, metrics, path)
+        run.net.train()
+    metrics["images_per_s"] = run.images / max(1e-9, seconds)
+    if run.world > 1:
+        metrics["ranks_identical"] = float(ranks_identical(run.net))
+    return metrics
 
 
 def ranks_identical(net: nn.Module) -> bool:
