@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from dynadnn.errors import CheckpointError, UserError
+from dynadnn import fileio
 from dynadnn.fileio import parse_json, read_json_object, read_safetensors, write_json
 from dynadnn.supernet import checkpoint as ckpt_module
 
@@ -67,17 +68,18 @@ def test_safetensors_reader_returns_tensors_and_metadata_or_one_line(tmp_path):
 def test_registered_scheme_resolves_and_unknown_text_is_a_path(tmp_path, monkeypatch):
     target = tmp_path / "m.safetensors"
     target.write_bytes(b"x")
-    monkeypatch.setitem(ckpt_module._SCHEMES, "mine", lambda name: tmp_path / f"{name}.safetensors")
+    monkeypatch.setitem(fileio._SCHEMES, "mine", lambda name: tmp_path / f"{name}.safetensors")
     assert ckpt_module.resolve_checkpoint_path("mine:m") == target
     with pytest.raises(CheckpointError, match="nope:m: no such checkpoint file"):
         ckpt_module.resolve_checkpoint_path("nope:m")
     with pytest.raises(ValueError):
-        ckpt_module.register_scheme("C", lambda name: target)
+        fileio.register_scheme("C", lambda name: target)
 
 
-def test_zoo_scheme_works_whatever_module_is_imported_first():
-    code = ("from dynadnn.supernet.checkpoint import resolve_checkpoint_path as r; "
-            "print(r('zoo:animals').name)")
+def test_zoo_scheme_works_whatever_module_is_imported_first_and_import_dynadnn_stays_light():
+    code = ("import sys; import dynadnn; light = 'torch' not in sys.modules; "
+            "from dynadnn.supernet.checkpoint import resolve_checkpoint_path as r; "
+            "print(r('zoo:animals').name, light)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "animals.safetensors"
+    assert out.stdout.split() == ["animals.safetensors", "True"]

@@ -1,7 +1,9 @@
 """Reading and writing the project's artifacts: atomic writes, JSON and safetensors with one-line errors.
 
 A leaf module: it imports only `dynadnn.errors`, the standard library and (lazily) safetensors, so every
-layer can use it. Writers go through `atomic_write` (a temporary file in the target's folder, renamed onto
+layer can use it. It also keeps the registry of `SCHEME:NAME` artifact paths (`zoo:animals`): a higher
+layer registers its resolver at import (`dynadnn.zoo` registers `zoo`, and `import dynadnn` imports it),
+so the readers below it never import that layer. Writers go through `atomic_write` (a temporary file in the target's folder, renamed onto
 it), so a crash never leaves half an artifact. Readers turn every way a file can be unreadable into one
 `UserError` line (or the subclass the caller passes as `error`) that names the file and the problem.
 """
@@ -15,6 +17,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
+
+_SCHEMES: dict[str, Callable[[str], Path]] = {}
+
+
+def register_scheme(scheme: str, resolver: Callable[[str], Path]) -> None:
+    """Accept `SCHEME:NAME` wherever an artifact path is resolved (`resolve_scheme`): `resolver(NAME)` returns
+    the file, or raises a one-line `UserError`."""
+    if not scheme.isidentifier() or len(scheme) < 2:  # one letter would shadow a Windows drive ("C:")
+        raise ValueError(f"path scheme must be an identifier of 2+ characters, got {scheme!r}")
+    _SCHEMES[scheme] = resolver
+
+
+def resolve_scheme(path: str | Path) -> Path | None:
+    """The file a registered `SCHEME:NAME` names (its resolver's answer), or None for any other path."""
+    scheme, sep, name = str(path).partition(":")
+    resolver = _SCHEMES.get(scheme) if sep else None
+    return None if resolver is None else resolver(name)
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any], error: type[UserError] = UserError) -> Path:

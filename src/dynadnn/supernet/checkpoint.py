@@ -17,14 +17,14 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write, parse_json, read_safetensors
+from ..fileio import atomic_write, parse_json, read_safetensors, resolve_scheme
 from ..space import SearchSpace, list_presets, load_space
 from .network import SuperNet
 
@@ -193,26 +193,13 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-# `SCHEME:NAME` paths (`zoo:animals`): a higher layer registers the resolver of its scheme at import
-# (`dynadnn.zoo` registers `zoo`; `import dynadnn` imports it), so this module never imports it.
-_SCHEMES: dict[str, Callable[[str], Path]] = {}
-
-
-def register_scheme(scheme: str, resolver: Callable[[str], Path]) -> None:
-    """Accept `SCHEME:NAME` wherever a checkpoint path is: `resolver(NAME)` returns the file (or raises a
-    one-line `CheckpointError`)."""
-    if not scheme.isidentifier() or len(scheme) < 2:  # one letter would shadow a Windows drive ("C:")
-        raise ValueError(f"checkpoint path scheme must be an identifier of 2+ characters, got {scheme!r}")
-    _SCHEMES[scheme] = resolver
-
-
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """The file behind a checkpoint path: a registered `SCHEME:NAME`, or an existing file."""
-    text = str(path)
-    scheme, sep, name = text.partition(":")
-    if sep and scheme in _SCHEMES:
-        return _SCHEMES[scheme](name)
-    p = Path(text)
+    """The file behind a checkpoint path: a registered `SCHEME:NAME` (`fileio.register_scheme`; `dynadnn.zoo`
+    registers `zoo`), or an existing file."""
+    found = resolve_scheme(path)
+    if found is not None:
+        return found
+    p = Path(str(path))
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint file")
     return p

@@ -3,7 +3,8 @@
 Each model is two files in this package: `NAME.safetensors` (a dynadnn checkpoint: weights plus JSON metadata
 with the preset, data, recipe and metrics) and `NAME.json` (description, metrics and the exact command that
 reproduces it). `zoo:NAME` is accepted wherever a checkpoint path is (`load_checkpoint("zoo:animals")`):
-importing this package registers the `zoo` scheme with `supernet.checkpoint` (`import dynadnn` does).
+importing this package registers the `zoo` scheme (`fileio.register_scheme`; `import dynadnn` does), and
+imports nothing heavier, so `import dynadnn` stays light.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import CheckpointError, UserError
-from ..fileio import read_json_object
-from ..supernet.checkpoint import register_scheme
+from ..fileio import read_json_object, register_scheme
 
 
 def _root():
