@@ -224,9 +224,6 @@ def animal_files() -> tuple[Path, Path]:
     return Path(str(data)), Path(str(label))
 
 
-ANIMAL_CLASSES = [str(i) for i in range(10)]
-
-
 def load_animals() -> TensorData:
     data_path, label_path = animal_files()
     images = load_numpy_pickle(gzip.open(data_path, "rb").read(), str(data_path))

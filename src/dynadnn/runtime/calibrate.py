@@ -52,7 +52,6 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
     for ph in scenario.phases:
         sig = tuple(sorted((c.kind, c.threads, c.size) for c in ph.competitors))
         phase_keys.append(keys.setdefault(sig, len(keys)))
-    distinct = {v: k for k, v in keys.items()}
     heavy_phase = scenario.heaviest()
     lat: dict[int, list[list[float]]] = {}
     n_opt = len(manager.options)

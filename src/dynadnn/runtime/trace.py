@@ -144,10 +144,6 @@ def plot_traces(traces: list[Trace], path: str | Path) -> Path:
     return path
 
 
-def summary_rows(traces: list[Trace]) -> list[dict[str, Any]]:
-    return [{"policy": tr.policy, **tr.summary()} for tr in traces]
-
-
 def print_summary(traces: list[Trace], console=None, title: str = "runtime manager") -> None:
     from rich.console import Console
     from rich.table import Table
