@@ -11,7 +11,7 @@ import torch
 
 from dynadnn.cli import main
 from dynadnn.family import Family, FamilyError, FamilyWarning, Member, sha256_file
-from dynadnn.space import load_space
+from dynadnn.space import SearchSpace, load_space
 from dynadnn.supernet import SuperNet
 from dynadnn.supernet.checkpoint import save_checkpoint
 
@@ -139,3 +139,110 @@ def test_profile_cli_refuses_onnx_runtime_on_cuda_before_any_work(net, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith("dynadnn: error: --backend ort") and "\n" not in err
     assert not (tmp_path / "prof").exists()
+
+
+# --- self-describing families: the space travels in family.json -------------------------------------
+def custom_space():
+    """A space that is no preset: tiny's skeleton with other widths, choices and resolutions."""
+    doc = TINY.to_dict()
+    doc.update(name="custom_test", ks_choices=[3, 5], e_choices=[2, 4], d_choices=[1, 2], resolutions=[24, 32])
+    doc["stages"][1]["width"] = 40
+    return SearchSpace.from_dict(doc, "test")
+
+
+def no_preset_lookup(monkeypatch):
+    def refuse(name):
+        raise AssertionError(f"looked up preset {name!r}")
+
+    for module in ("dynadnn.space", "dynadnn.provenance", "dynadnn.family"):
+        monkeypatch.setattr(f"{module}.load_space", refuse)
+
+
+def test_custom_space_family_round_trips_without_any_preset(tmp_path, monkeypatch):
+    space = custom_space()
+    torch.manual_seed(1)
+    net = SuperNet(space).eval()
+    ckpt = save_checkpoint(net, tmp_path / "custom.safetensors")
+    x = torch.randn(8, 1, 32, 32)
+    members = [Member(a, net.calibrate_bn(a, [torch.nn.functional.interpolate(x, size=a.r)]), 70.0 + i,
+                      latency_predicted_ms={"cpu:1t": 1.0 + i}) for i, a in enumerate([space.min_arch(), space.max_arch()])]
+    fam = Family(space.name, ["cpu:1t"], members, str(ckpt), sha256_file(ckpt), search_space=space)
+    fam.save(tmp_path / "f")
+    doc = json.loads((tmp_path / "f" / "family.json").read_text())
+    assert doc["space"] == space.to_dict() and doc["preset"] == "custom_test"
+    assert [m["bn_tensors"] for m in doc["members"]] == [len(m.bn_stats) for m in members]
+    # without search_space, a custom family finds its space in its checkpoint's metadata
+    assert Family(space.name, ["cpu:1t"], members, str(ckpt)).space == space
+    no_preset_lookup(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = Family.load(tmp_path / "f", checkpoint=ckpt)  # same space and file: no warning
+    assert again.space == space and again.preset == "custom_test"
+    assert [m.arch for m in again.members] == [m.arch for m in members]
+    assert again.members[1].latency("cpu:1t") == 2.0 and again.checkpoint_sha256 == sha256_file(ckpt)
+    for a, b in zip(again.members, members):
+        assert a.bn_stats.keys() == b.bn_stats.keys() and all(torch.equal(a.bn_stats[k], b.bn_stats[k]) for k in a.bn_stats)
+
+
+def test_family_used_with_a_checkpoint_or_space_of_another_space_is_refused(tmp_path, net):
+    space = custom_space()
+    ckpt = save_checkpoint(SuperNet(space), tmp_path / "custom.safetensors")
+    members = [Member(space.min_arch(), latency_predicted_ms={"cpu:1t": 1.0})]
+    Family(space.name, ["cpu:1t"], members, str(ckpt), sha256_file(ckpt), search_space=space).save(tmp_path / "f")
+    tiny_ckpt = save_checkpoint(net, tmp_path / "tiny.safetensors")
+    with pytest.raises(FamilyError) as err:
+        Family.load(tmp_path / "f", checkpoint=tiny_ckpt)
+    assert "different search space than checkpoint" in str(err.value) and "'stages[1].width': 40 vs 32" in str(err.value)
+    assert "\n" not in str(err.value)
+    renamed = SearchSpace.from_dict({**TINY.to_dict(), "name": "custom_test"}, "test")  # same name, other shape
+    with pytest.raises(FamilyError, match=r"space field 'stages\[1\].width': 40 vs 32"):
+        Family.load(tmp_path / "f", space=renamed)
+    with pytest.raises(FamilyError, match="family is for preset 'custom_test', not 'tiny'"):
+        Family.load(tmp_path / "f", space=TINY)
+    with pytest.raises(FamilyError, match="not a shipped preset"):
+        Family("nowhere", [], members).space
+
+
+def test_old_family_json_without_space_loads_by_preset_name(net, tmp_path):
+    """A family.json as versions before the embedded space wrote it (written by hand here)."""
+    from safetensors.torch import save_file
+
+    arch = TINY.min_arch(24)
+    stats = net.calibrate_bn(arch, [torch.randn(8, 1, 24, 24)])
+    (tmp_path / "old").mkdir()
+    save_file({f"m0/{k}": v.contiguous() for k, v in stats.items()}, str(tmp_path / "old" / "family.safetensors"))
+    doc = {"format": "dynadnn.family/1", "preset": "tiny", "contexts": ["cpu:1t"],
+           "checkpoint": {"path": "model.safetensors", "sha256": ""}, "provenance": {},
+           "members": [{"arch": arch.to_dict(), "top1_predicted": 80.0, "top1_measured": None,
+                        "latency_predicted_ms": {"cpu:1t": 3.0}, "latency_ms": {}, "macs": 1, "params": 2}],
+           "archive": []}
+    (tmp_path / "old" / "family.json").write_text(json.dumps(doc))
+    fam = Family.load(tmp_path / "old", preset="tiny")
+    assert fam.space == TINY and fam.members[0].arch == arch and fam.members[0].bn_stats.keys() == stats.keys()
+    doc["preset"] = "custom_test"  # an old file of a custom space cannot be read back: say so
+    (tmp_path / "old" / "family.json").write_text(json.dumps(doc))
+    with pytest.raises(FamilyError, match="field 'preset': unknown preset 'custom_test'.*no 'space' description"):
+        Family.load(tmp_path / "old")
+
+
+def test_weights_and_json_listing_other_members_are_refused(net, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_family(net).save(tmp_path / "f")
+    jpath, wpath = tmp_path / "f" / "family.json", tmp_path / "f" / "family.safetensors"
+    doc = json.loads(jpath.read_text())
+    del doc["weights_sha256"]  # as in a hand-edited file: the member check still catches it
+    jpath.write_text(json.dumps(doc))
+    tensors = load_file(str(wpath))
+    save_file({k: v for k, v in tensors.items() if not k.startswith("m1/")}, str(wpath))
+    with pytest.raises(FamilyError) as err:
+        Family.load(tmp_path / "f")
+    assert "0 BN tensor(s) for member m1" in str(err.value) and "do not match" in str(err.value)
+    assert "\n" not in str(err.value)
+    save_file({**tensors, "m3/blocks.0.dw_bn.running_mean": torch.zeros(4)}, str(wpath))
+    with pytest.raises(FamilyError, match="tensor 'm3/blocks.0.dw_bn.running_mean' belongs to no member"):
+        Family.load(tmp_path / "f")
+    first = next(k for k in tensors if k.startswith("m0/"))
+    save_file({k: v for k, v in tensors.items() if k != first}, str(wpath))
+    with pytest.raises(FamilyError, match="member m0, but family.json lists that member with"):
+        Family.load(tmp_path / "f")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from dynadnn.errors import UserError
 from dynadnn.predict.accuracy import AccuracyPredictor, kendall_tau, reference_predictor
 from dynadnn.predict.genes import GeneCoding
-from dynadnn.space import load_space
+from dynadnn.space import SearchSpace, load_space
 
 W12 = load_space("ofa_mbv3_w1.2")
 
@@ -96,3 +97,64 @@ def test_ridge_recovers_an_additive_landscape_under_noise_and_auto_picks_it(tmp_
     np.testing.assert_allclose(again.predict(fresh), pred.predict(fresh), atol=1e-4)
     with pytest.raises(UserError, match="kind 'svm'"):
         AccuracyPredictor.fit(space, archs, noisy, kind="svm")
+
+
+# --- self-describing predictors: the space and the checkpoint travel in predictor.json ------------------
+def custom_space():
+    """A space that is no preset: tiny's skeleton with other widths, choices and resolutions."""
+    doc = load_space("tiny").to_dict()
+    doc.update(name="custom_test", ks_choices=[3, 5], e_choices=[2, 4], d_choices=[1, 2], resolutions=[24, 32])
+    doc["stages"][1]["width"] = 40
+    return SearchSpace.from_dict(doc, "test")
+
+
+def test_custom_space_predictor_round_trips_and_refuses_other_checkpoints(tmp_path, monkeypatch):
+    from dynadnn.family import sha256_file
+    from dynadnn.supernet import SuperNet
+    from dynadnn.supernet.checkpoint import save_checkpoint
+
+    space = custom_space()
+    ckpt = save_checkpoint(SuperNet(space), tmp_path / "custom.safetensors")
+    other = save_checkpoint(SuperNet(space), tmp_path / "other.safetensors")  # same space, other weights
+    tiny = save_checkpoint(SuperNet(load_space("tiny")), tmp_path / "tiny.safetensors")
+    rng = random.Random(0)
+    archs = [space.sample(rng) for _ in range(20)]
+    pred, _ = AccuracyPredictor.fit(space, archs, [90.0 + 0.1 * sum(a.e) for a in archs], kind="ridge", folds=2)
+    pred.checkpoint_sha256 = sha256_file(ckpt)
+    pred.save(tmp_path / "p")
+    doc = json.loads((tmp_path / "p" / "predictor.json").read_text())
+    assert doc["space"] == space.to_dict() and doc["checkpoint_sha256"] == sha256_file(ckpt)
+
+    def refuse(name):
+        raise AssertionError(f"looked up preset {name!r}")
+
+    monkeypatch.setattr("dynadnn.provenance.load_space", refuse)
+    monkeypatch.setattr("dynadnn.space.load_space", refuse)
+    again = AccuracyPredictor.load(tmp_path / "p", checkpoint=ckpt)
+    assert again.space == space and again.checkpoint_sha256 == pred.checkpoint_sha256
+    assert "space" not in again.meta and again.meta["fit"]["model"].startswith("ridge")
+    np.testing.assert_allclose(again.predict(archs), pred.predict(archs), atol=1e-5)
+    assert AccuracyPredictor.load(tmp_path / "p", space).space == space
+    with pytest.raises(UserError, match="was built from checkpoint sha256 .* train a predictor"):
+        AccuracyPredictor.load(tmp_path / "p", checkpoint=other)
+    with pytest.raises(UserError) as err:
+        again.check_checkpoint(tiny)
+    assert r"space field 'stages[1].width': 40 vs 32" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_old_predictor_json_without_space_loads_by_preset_name(tmp_path):
+    """A predictor.json as versions before the embedded space wrote it (written by hand here)."""
+    from safetensors.torch import save_file
+
+    tiny = load_space("tiny")
+    model = AccuracyPredictor(tiny, hidden=()).model
+    (tmp_path / "old").mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "old" / "predictor.safetensors"))
+    (tmp_path / "old" / "predictor.json").write_text(json.dumps(
+        {"format": "dynadnn.accuracy_predictor/1", "preset": "tiny", "encoding_size": tiny.encoding_size,
+         "hidden": [], "output": "top-1 fraction (x100 = percent)", "origin": "dynadnn"}))
+    old = AccuracyPredictor.load(tmp_path / "old")
+    assert old.space == tiny and old.checkpoint_sha256 == "" and old.meta == {"origin": "dynadnn"}
+    assert AccuracyPredictor.load(tmp_path / "old", tiny).hidden == ()
+    with pytest.raises(UserError, match="predictor is for preset 'tiny', not 'custom_test'"):
+        AccuracyPredictor.load(tmp_path / "old", custom_space())

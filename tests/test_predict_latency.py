@@ -250,3 +250,94 @@ def test_onnx_runtime_layer_table_covers_every_layer_and_exports_each_once():
     assert len(cache) == count_layers(space, [20])  # the second thread count reused every export
     table = LatencyTable(space, "cpu:1t", entries, "test")
     assert table.predict(space.max_arch(20))[0] > table.predict(space.min_arch(20))[0]
+
+
+# --- self-describing tables: the space and the checkpoint travel in table.json ----------------------------
+def custom_space():
+    """A space that is no preset: tiny's skeleton with other widths, choices and resolutions."""
+    from dynadnn.space import SearchSpace
+
+    doc = load_space("tiny").to_dict()
+    doc.update(name="custom_test", ks_choices=[3, 5], e_choices=[2, 4], d_choices=[1, 2], resolutions=[24, 32])
+    doc["stages"][1]["width"] = 40
+    return SearchSpace.from_dict(doc, "test")
+
+
+def synthetic_entries(space, seed=0):
+    from dynadnn.predict.latency import space_layers
+
+    rng = np.random.default_rng(seed)
+    entries = {}
+    for r in space.resolutions:
+        sl = space_layers(space, r)
+        layers = list(sl.fixed) + [layer for per_k in sl.blocks for per_e in per_k for layer in per_e]
+        entries[r] = {layer.key: {"count": 3, "mean": float(rng.uniform(0.01, 0.5)), "std": 0.001} for layer in layers}
+    return entries
+
+
+def test_custom_space_table_round_trips_without_any_preset(tmp_path, monkeypatch):
+    from dynadnn.family import sha256_file
+    from dynadnn.predict.latency import load_tables
+    from dynadnn.supernet import SuperNet
+    from dynadnn.supernet.checkpoint import save_checkpoint
+
+    space = custom_space()
+    ckpt = save_checkpoint(SuperNet(space), tmp_path / "custom.safetensors")
+    retrained = save_checkpoint(SuperNet(space), tmp_path / "retrained.safetensors")
+    tiny = save_checkpoint(SuperNet(load_space("tiny")), tmp_path / "tiny.safetensors")
+    table = LatencyTable(space, "cpu:1t", synthetic_entries(space), "test", Correction(1.2, 0.01, 0.3, {32: -0.05}),
+                         {"backend": "ort"}, sha256_file(ckpt))
+    table.save(tmp_path / "prof" / "cpu_1t", {"checkpoint": str(ckpt)})
+    doc = json.loads((tmp_path / "prof" / "cpu_1t" / "table.json").read_text())
+    assert doc["space"] == space.to_dict() and doc["checkpoint_sha256"] == sha256_file(ckpt)
+
+    def refuse(name):
+        raise AssertionError(f"looked up preset {name!r}")
+
+    monkeypatch.setattr("dynadnn.provenance.load_space", refuse)
+    monkeypatch.setattr("dynadnn.space.load_space", refuse)
+    again = load_tables(tmp_path / "prof", None, ["cpu:1t"], checkpoint=ckpt)["cpu:1t"]
+    assert again.space == space and again.context == "cpu:1t" and again.correction == table.correction
+    assert again.checkpoint_sha256 == table.checkpoint_sha256 and again.meta["backend"] == "ort"
+    assert "space" not in again.meta and again.meta["checkpoint"] == str(ckpt)
+    assert {r: dict(e) for r, e in again.entries.items()} == table.entries
+    archs = [space.sample(random.Random(i)) for i in range(20)]
+    np.testing.assert_allclose(again.predict(archs), table.predict(archs), rtol=1e-12)
+    again.check_checkpoint(retrained)  # same space, other weights: latency depends on shapes only
+    with pytest.raises(UserError) as err:
+        load_tables(tmp_path / "prof", space, ["cpu:1t"], checkpoint=tiny)
+    assert r"space field 'stages[1].width': 40 vs 32" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="latency table is for preset 'custom_test', not 'ofa_mbv3_w1.2'"):
+        LatencyTable.from_dynamic_ofa(tmp_path / "prof" / "cpu_1t", W12, "cpu:1t")
+
+
+def test_old_table_json_without_space_loads_by_preset_name(tmp_path):
+    """A table.json as versions before the embedded space wrote it (written by hand here)."""
+    tiny = load_space("tiny")
+    entries = synthetic_entries(tiny, seed=1)
+    for r, e in entries.items():
+        (tmp_path / f"{r}_lookup_table.json").write_text(json.dumps(e))
+    (tmp_path / "table.json").write_text(json.dumps(
+        {"format": "dynadnn.latency_table/1", "context": "cpu:2t", "preset": "tiny", "resolutions": sorted(entries),
+         "unit": "ms", "correction": {"a": 1.0, "b": 0.0, "c": 0.1}}))
+    old = LatencyTable.from_dynamic_ofa(tmp_path)
+    assert old.space == tiny and old.context == "cpu:2t" and old.correction == Correction(1.0, 0.0, 0.1)
+    assert old.checkpoint_sha256 == ""
+    assert LatencyTable.from_dynamic_ofa(tmp_path, tiny, "x").context == "cpu:2t"
+    with pytest.raises(UserError, match="latency table is for preset 'tiny', not 'custom_test'"):
+        LatencyTable.from_dynamic_ofa(tmp_path, custom_space())
+    (tmp_path / "table.json").unlink()  # Dynamic-OFA's own layout: the caller names the space
+    with pytest.raises(UserError, match="no table.json describing the table's search space"):
+        LatencyTable.from_dynamic_ofa(tmp_path)
+    assert LatencyTable.from_dynamic_ofa(tmp_path, tiny).context == tmp_path.name
+
+
+def test_profile_whose_tables_are_for_different_spaces_is_refused(tmp_path):
+    from dynadnn.predict.latency import load_tables
+
+    space, tiny = custom_space(), load_space("tiny")
+    LatencyTable(space, "cpu:1t", synthetic_entries(space)).save(tmp_path / "cpu_1t")
+    LatencyTable(tiny, "cpu:2t", synthetic_entries(tiny)).save(tmp_path / "cpu_2t")
+    assert load_tables(tmp_path, None, ["cpu:1t"])["cpu:1t"].space == space
+    with pytest.raises(UserError, match=r"latency table 'cpu:2t' is for a different search space than 'cpu:1t'"):
+        load_tables(tmp_path, None, ["cpu:1t", "cpu:2t"])

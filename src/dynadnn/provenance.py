@@ -55,11 +55,13 @@ def space_of(doc: Mapping[str, Any], source: str, error: type[UserError] = UserE
 
 
 def space_difference(a: SearchSpace, b: SearchSpace) -> tuple[str, str, str] | None:
-    """Where two spaces first differ (their free-text descriptions aside): `(field, a's value, b's value)`,
-    e.g. `("stages[1].width", "32", "40")`; None when they are the same space."""
+    """Where two spaces first differ (their free-text descriptions aside; their names last, so that a shape
+    difference is named first): `(field, a's value, b's value)`, e.g. `("stages[1].width", "32", "40")`;
+    None when they are the same space."""
     da, db = a.to_dict(), b.to_dict()
-    da.pop("description", None)
-    db.pop("description", None)
+    for d in (da, db):
+        d.pop("description", None)
+        d["name"] = d.pop("name")
     return _first_difference(da, db, "")
 
 
