@@ -246,3 +246,11 @@ def test_weights_and_json_listing_other_members_are_refused(net, tmp_path):
     save_file({k: v for k, v in tensors.items() if k != first}, str(wpath))
     with pytest.raises(FamilyError, match="member m0, but family.json lists that member with"):
         Family.load(tmp_path / "f")
+
+
+def test_pick_spread_takes_non_positive_predicted_latencies_without_nan():
+    from dynadnn.family import pick_spread
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # np.log of a negative latency warned and compared NaNs
+        assert [int(i) for i in pick_spread([-0.1, 0.5, 2.0, 4.0], [1, 2, 3, 4], 3)] == [0, 1, 3]

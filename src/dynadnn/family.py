@@ -261,7 +261,8 @@ def _num(v: Any) -> float | None:
 
 def pick_spread(latency: Sequence[float], accuracy: Sequence[float], k: int) -> list[int]:
     """Indices of `k` points of a front spread evenly in log-latency (not k neighbours): the fastest, the
-    most accurate, and the points nearest to evenly spaced targets in between, without repeats."""
+    most accurate, and the points nearest to evenly spaced targets in between, without repeats. Latencies
+    at or below 1 ns (a corrected prediction can go negative on a tiny network) count as 1 ns."""
     import numpy as np
 
     lat = np.asarray(latency, float)
@@ -269,11 +270,12 @@ def pick_spread(latency: Sequence[float], accuracy: Sequence[float], k: int) -> 
     if n <= k:
         return list(np.argsort(lat))
     order = np.argsort(lat)
-    targets = np.exp(np.linspace(np.log(lat[order[0]]), np.log(lat[order[-1]]), k))
+    log_lat = np.log(np.maximum(lat, 1e-6))
+    targets = np.linspace(log_lat[order[0]], log_lat[order[-1]], k)
     chosen: list[int] = []
     for t in targets:
         left = [i for i in order if i not in chosen]
-        chosen.append(min(left, key=lambda i: abs(np.log(lat[i]) - np.log(t))))
+        chosen.append(min(left, key=lambda i: abs(log_lat[i] - t)))
     return sorted(chosen, key=lambda i: lat[i])
 
 
