@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import zoo  # registers the zoo: scheme with supernet.checkpoint
+from . import zoo  # registers the zoo: scheme (fileio.register_scheme)
 
 __version__ = "0.1.0"
 
