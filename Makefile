@@ -17,9 +17,11 @@ demo: $(STAMP)
 	$(VENV)/bin/dynadnn demo
 
 test: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	# the runtime on the pure-Python references (runtime/native.py): the fallback when C is not built
+	DYNADNN_NATIVE=0 $(PY) -m pytest -q -p no:cacheprovider tests/test_runtime_*.py
+	# everything, on the C path when it is built
 	$(PY) -m pytest -q
-	# the runtime again on the pure-Python references (runtime/native.py): the fallback when C is not built
-	DYNADNN_NATIVE=0 $(PY) -m pytest -q tests/test_runtime_*.py
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done

@@ -27,8 +27,6 @@ Usage: python benchmarks/overhead.py [--quick] [--runs N] [--presets tiny,ofa_mb
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 
 from _common import emit_json, interleaved, load_average, median_ms, print_table, random_batches, set_threads
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 
-from . import zoo  # registers the zoo: scheme (fileio.register_scheme)
+from . import zoo  # noqa: F401 - registers the zoo: scheme (fileio.register_scheme)
 
 __version__ = "0.1.0"
 
@@ -44,7 +44,7 @@ _EXPORTS = {
     "propose_candidates": "selection", "choose_family": "selection", "Family": "family", "Member": "family",
     # the runtime
     "RuntimeManager": "runtime.manager", "Targets": "runtime.options", "load_family": "runtime.members",
-    "FamilySource": "runtime.members",
+    "FamilySource": "runtime.members", "run_experiment": "runtime.experiment", "load_scenario": "runtime.scenario",
 }
 
 __all__ = sorted(_EXPORTS) + ["create_model", "__version__"]

@@ -127,13 +127,9 @@ class Family:
         import torch
         from safetensors.torch import save_file
 
-        from .fileio import atomic_write
+        from .fileio import atomic_write, make_dir
 
-        directory = Path(directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise FamilyError(f"{directory}: cannot create the family directory ({exc.strerror})") from None
+        directory = make_dir(directory, "family directory", FamilyError)
         self._validate_members()
         tensors = {}
         for i, m in enumerate(self.members):

@@ -36,6 +36,16 @@ def resolve_scheme(path: str | Path) -> Path | None:
     return None if resolver is None else resolver(name)
 
 
+def make_dir(directory: str | Path, what: str = "directory", error: type[UserError] = UserError) -> Path:
+    """Create `directory` (and its parents) for an artifact; a one-line `error` naming it when that fails."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{directory}: cannot create the {what} ({exc.strerror})") from None
+    return directory
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any], error: type[UserError] = UserError) -> Path:
     """Call `write(tmp_path)` then rename onto `path`: readers never see a partial file. A folder that cannot
     be made or written raises `error`; anything `write` raises propagates, and the temporary file is gone."""

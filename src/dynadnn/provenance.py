@@ -28,6 +28,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def checkpoint_ref(checkpoint: str | Path | None) -> tuple[str, str]:
+    """(the name an artifact records for a checkpoint, its sha256): `zoo:NAME` as is, a path made absolute;
+    ("", "") for none (a super-network that exists only in memory)."""
+    from .supernet.checkpoint import resolve_checkpoint_path
+
+    if not checkpoint:
+        return "", ""
+    path = resolve_checkpoint_path(checkpoint)
+    name = str(checkpoint) if str(checkpoint).startswith("zoo:") else str(path.resolve())
+    return name, sha256_file(path)
+
+
 def space_of(doc: Mapping[str, Any], source: str, error: type[UserError] = UserError) -> SearchSpace:
     """The search space an artifact's JSON describes: its embedded `space` (preferred) or, in files written
     before spaces were embedded, the preset its `preset` field names."""

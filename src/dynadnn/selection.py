@@ -22,12 +22,12 @@ import numpy as np
 from .deploy import deployed_latency
 from .errors import UserError
 from .evaluate import calibrate, top1
-from .family import Family, Member, archive_entries, pick_spread, sha256_file
+from .family import Family, Member, archive_entries, pick_spread
 from .predict.flops import FlopsModel
 from .predict.profiling import context_device, time_members
+from .provenance import checkpoint_ref
 from .search import NSGA2Search, SearchProblem, SearchResult
 from .space import Arch
-from .supernet.checkpoint import resolve_checkpoint_path
 
 
 @dataclass
@@ -137,15 +137,6 @@ def _member(cand: Candidate, flops: FlopsModel) -> Member:
                   int(flops.macs(cand.arch)[0]), int(flops.params(cand.arch)[0]))
 
 
-def _checkpoint_ref(checkpoint: str | None) -> tuple[str, str]:
-    """(the name a family records, its sha256): zoo:NAME as is, a path made absolute."""
-    if not checkpoint:
-        return "", ""
-    path = resolve_checkpoint_path(checkpoint)
-    name = checkpoint if str(checkpoint).startswith("zoo:") else str(path.resolve())
-    return name, sha256_file(path)
-
-
 def check_family_sizes(members: int, candidates: int | None = None) -> int:
     """The checks `choose_family` makes first; returns the number of candidates (default 3 x members)."""
     if members < 2:
@@ -165,7 +156,7 @@ def choose_family(net, predictor, tables: Mapping[str, Any], data, *, members: i
     `checkpoint` (a path or zoo:NAME) is recorded with its sha256 so the family can be reloaded alone."""
     n_cand = check_family_sizes(members, candidates)
     t_start = time.perf_counter()
-    ck_name, ck_sha = _checkpoint_ref(checkpoint)  # hashed before the work: the file may be replaced meanwhile
+    ck_name, ck_sha = checkpoint_ref(checkpoint)  # hashed before the work: the file may be replaced meanwhile
     contexts = list(tables)
     proposal = propose_candidates(predictor, tables, n_cand, seed)
     measure_candidates(net, proposal.candidates, data, contexts, calib_images=calib_images, seed=seed,
@@ -188,6 +179,6 @@ def choose_family(net, predictor, tables: Mapping[str, Any], data, *, members: i
         "seconds_total": round(time.perf_counter() - t_start, 1)}
     fam = Family(net.space.name, contexts, [_member(c, flops) for c in kept], ck_name, ck_sha,
                  archive_entries(archs, result.accuracy, {c: result.latency[:, i] for i, c in enumerate(contexts)}),
-                 prov)
+                 prov, search_space=net.space)
     fam.sort()
     return Choice(fam, proposal.candidates, dropped, thinned, proposal)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from ..errors import UserError
 
-# Sub-command modules, in --help order. A module that is not there (yet) is skipped.
-COMMANDS = ["demo", "info", "train", "eval", "profile", "search", "family", "plot", "run", "serve", "report"]
+# Sub-command modules, in --help order.
+COMMANDS = ["demo", "info", "train", "eval", "profile", "search", "plot", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,14 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
+
+
+def as_flags(message: str, parser: argparse.ArgumentParser, command: str | None) -> str:
+    """The library names a bad value by its parameter (`eval_images: expected ...`); a CLI user typed a flag
+    (`--eval-images`), so a message that starts with a parameter of the command starts with its flag."""
+    match = re.match(r"([a-z][a-z0-9_]*):", message)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if not match or sub is None or command not in sub.choices:
+        return message
+    for action in sub.choices[command]._actions:
+        if action.dest == match.group(1) and action.option_strings:
+            return action.option_strings[-1] + message[match.end() - 1:]
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if args.debug:
             raise
-        print(f"dynadnn: error: {exc}", file=sys.stderr)
+        print(f"dynadnn: error: {as_flags(str(exc), parser, args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dynadnn: interrupted", file=sys.stderr)

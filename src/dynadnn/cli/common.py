@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from ..errors import UserError
 
@@ -39,3 +40,14 @@ def parse_names(text: str, what: str) -> list[str]:
     if not names:
         raise UserError(f"{what}: expected a comma-separated list, got '{text}'")
     return names
+
+
+class _WithDefaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def add_command(sub, name: str, doc: str, help: str, examples: Sequence[str] = (),
+                show_defaults: bool = False) -> argparse.ArgumentParser:
+    """A sub-command whose `--help` is its module's docstring (`doc`) and ends with examples."""
+    return sub.add_parser(name, help=help, description=doc.strip(), epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                          formatter_class=_WithDefaults if show_defaults else argparse.RawDescriptionHelpFormatter)

@@ -1,10 +1,11 @@
 """`dynadnn demo`: the main job end to end on the embedded default, through the library.
 
-Part 1 (`--switch-only` stops after it, in well under a minute): load the super-network (`zoo:animals`,
-else random weights, said so), calibrate a few members, make them resident in a `DynamicNetwork`, switch
-among them and time it. Part 2, the pipeline, makes the same library calls the commands make: profile
-this machine, fit the accuracy predictor, choose a Pareto family on measurements, plot it, then run the
-contention scenario (real competing processes) under the `feedback` manager and the `dofa` baseline."""
+Part 1: make a few sub-networks of zoo:animals resident (BN-calibrated, folded, compiled, warm), switch among
+them and print batch-1 latency, switch time and test accuracy. Part 2: profile this machine, fit the accuracy
+predictor, choose a family on measurements, plot it, and run the contention scenario under the feedback
+manager and the dofa baseline (about 6-10 minutes on 2 CPUs). Example: dynadnn demo --out runs/demo --duration
+30
+"""
 
 from __future__ import annotations
 
@@ -13,16 +14,14 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from .common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo", help="the whole path on the shipped model: switching, profile, family, runtime under contention",
-        description="Part 1: make a few sub-networks of zoo:animals resident (BN-calibrated, folded, compiled, "
-                    "warm), switch among them and print batch-1 latency, switch time and test accuracy. Part 2: "
-                    "profile this machine, fit the accuracy predictor, choose a family on measurements, plot it, "
-                    "and run the contention scenario under the feedback manager and the dofa baseline "
-                    "(about 6-10 minutes on 2 CPUs). Example: dynadnn demo --out runs/demo --duration 30")
+    p = add_command(sub, "demo", __doc__, "the whole path on the shipped model: switching, profile, family, runtime under contention",
+                    ["dynadnn demo",
+                     "dynadnn demo --switch-only",
+                     "dynadnn demo --out runs/demo --duration 10"])
     p.add_argument("--members", type=int, default=5, help="resident members in part 1 (default 5)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads in part 1 (default 1)")
     p.add_argument("--runs", type=int, default=30, help="timed batch-1 inferences per member (default 30)")
@@ -91,7 +90,8 @@ def pipeline(net, data, out: Path, duration: float) -> int:
         step("fit the accuracy predictor on 60 BN-calibrated members", "search (its predictor step)")
         torch.manual_seed(0)
         predictor, fit = fit_accuracy_predictor(net, data, 60, calib_images=500, eval_images=1000,
-                                                out=out / "family" / "predictor", progress=progress)
+                                                out=out / "family" / "predictor", checkpoint="zoo:animals",
+                                                progress=progress)
         step("choose a Pareto family on measurements (NSGA-II, 16 candidates measured)", f"search --out {out / 'family'}")
         family = choose_family(net, predictor, tables, data, members=8, candidates=16, calib_images=500,
                                checkpoint="zoo:animals", progress=progress,

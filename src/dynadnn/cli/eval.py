@@ -1,21 +1,21 @@
-"""`dynadnn eval`: BN-calibrated top-1, MACs and parameters of super-network members."""
+"""`dynadnn eval`: BN-calibrated top-1, MACs and parameters of super-network members.
+
+Evaluate members of a super-network on the test split. Each member's BatchNorm statistics are re-estimated on
+training images first (as OFA does): the shared running statistics belong to no single member. --no-calibrate
+shows what happens without it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from .common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval", help="top-1 of members (BN re-calibrated per member), MACs and parameters",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate members of a super-network on the test split. Each member's BatchNorm statistics "
-                    "are re-estimated on training images first (as OFA does): the shared running statistics "
-                    "belong to no single member. --no-calibrate shows what happens without it.",
-        epilog="examples:\n"
-               "  dynadnn eval zoo:animals --data animals --subnets max,min,random:20\n"
-               "  dynadnn eval runs/quick/final.safetensors --subnets max,min --json")
+    p = add_command(sub, "eval", __doc__, "top-1 of members (BN re-calibrated per member), MACs and parameters",
+                    ["dynadnn eval zoo:animals --data animals --subnets max,min,random:20",
+                     "dynadnn eval runs/quick/final.safetensors --subnets max,min --json"])
     p.add_argument("checkpoint", help="a .safetensors checkpoint, an OFA .pth, or zoo:NAME")
     p.add_argument("--data", default=None, help="animals, digits or imagefolder:PATH (default: the checkpoint's)")
     p.add_argument("--preset", default=None, help="preset for OFA .pth files whose shapes are ambiguous")

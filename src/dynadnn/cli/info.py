@@ -1,6 +1,8 @@
 """`dynadnn info`: presets, their search-space sizes, shipped models, and whether the runtime manager's
-per-inference path runs in C (`runtime/_native.c`, built at install when a C compiler is present, and not
-switched off by DYNADNN_NATIVE=0: see `runtime.native`)."""
+
+List the search-space presets with their size and choices, the shipped models, and whether the runtime
+manager's serving path is native (C) or the pure-Python fallback.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +10,12 @@ import argparse
 
 from ..runtime import native
 from ..space import list_presets, load_space
+from .common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="list presets (search spaces), shipped models and the runtime's build",
-                       description="List the search-space presets with their size and choices, the shipped "
-                                   "models, and whether the runtime manager's serving path is native (C) or "
-                                   "the pure-Python fallback.")
+    p = add_command(sub, "info", __doc__, "list presets (search spaces), shipped models and the runtime's build",
+                    ["dynadnn info"])
     p.set_defaults(func=run)
 
 

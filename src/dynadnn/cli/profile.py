@@ -1,4 +1,13 @@
-"""`dynadnn profile`: build latency look-up tables for this device, per thread count (and CUDA)."""
+"""`dynadnn profile`: build latency look-up tables for this device, per thread count (and CUDA).
+
+Time each distinct layer of the checkpoint's search space at batch 1 on the backend the runtime serves with
+(ONNX Runtime on the CPU: each layer exported as the runtime exports members; warm-up, then the median of many
+runs in warm bursts, all layers round-robin, each turn divided by the machine's speed of the moment) for every
+resolution and thread count, and on CUDA when present. Then time random whole members, fit a per-context
+correction for what a per-layer sum misses (dispatch overhead between layers), and report MAPE and Kendall tau
+of raw and corrected predictions on held-out members. Tables are written in Dynamic-OFA's format:
+OUT/<context>/<r>_lookup_table.json plus table.json (correction, system load, report).
+"""
 
 from __future__ import annotations
 
@@ -6,21 +15,13 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .common import parse_int_list, progress_bar
+from .common import add_command, parse_int_list, progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "profile", help="time every layer of a space on this device and write latency tables",
-        description="Time each distinct layer of the checkpoint's search space at batch 1 on the backend the "
-                    "runtime serves with (ONNX Runtime on the CPU: each layer exported as the runtime exports "
-                    "members; warm-up, then the median of many runs in warm bursts, all layers round-robin, each "
-                    "turn divided by the machine's speed of the moment) for every resolution and thread count, "
-                    "and on CUDA when present. "
-                    "Then time random whole members, fit a per-context correction for what a per-layer sum "
-                    "misses (dispatch overhead between layers), and report MAPE and Kendall tau of raw and "
-                    "corrected predictions on held-out members. Tables are written in Dynamic-OFA's format: "
-                    "OUT/<context>/<r>_lookup_table.json plus table.json (correction, system load, report).")
+    p = add_command(sub, "profile", __doc__, "time every layer of a space on this device and write latency tables",
+                    ["dynadnn profile zoo:animals --threads 1,2 --out runs/profile",
+                     "dynadnn profile runs/quick/final.safetensors --threads 1 --members 30 --out runs/profile"])
     p.add_argument("checkpoint", help="super-network checkpoint (.safetensors, OFA .pth, or zoo:NAME)")
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (contexts cpu:<N>t); default 1,2")
     p.add_argument("--cuda", choices=("auto", "yes", "no"), default="auto", help="also profile context 'cuda' (default: when present)")

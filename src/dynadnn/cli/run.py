@@ -1,5 +1,13 @@
-"""`dynadnn run`: serve a stream of test images under the runtime manager while real competing processes
-come and go, and write what happened."""
+"""`dynadnn run`: serve a stream of test images under the runtime manager while real processes compete.
+
+Load a family (a family directory written by `dynadnn search`, or a checkpoint such as zoo:animals, from which
+a default hand-picked ladder of members is made), keep every member resident and warm on the faster of
+torch/ONNX Runtime per thread count, and serve frames from the dataset's test split at --fps while a scenario
+starts and stops real competing processes. Writes DIR/trace.json (per frame: time, member, threads, backend,
+latency, deadline met, the member's accuracy), DIR/trace.png (latency vs deadline, switches, competitor phases
+shaded) and prints a summary. With several policies (--policy feedback,dofa) each gets its own trace-
+POLICY.json and one stacked trace.png. Competitors are killed on exit and on Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,14 @@ import argparse
 import signal
 from pathlib import Path
 
-from .common import parse_int_list, parse_names
+from .common import add_command, parse_int_list, parse_names
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "run", help="serve a frame stream under the runtime manager while competing processes come and go",
-        description="Load a family (a family directory written by `dynadnn search`, or a checkpoint such "
-                    "as zoo:animals, from which a default hand-picked ladder of members is made), keep every member "
-                    "resident and warm on the faster of torch/ONNX Runtime per thread count, and serve frames from "
-                    "the dataset's test split at --fps while a scenario starts and stops real competing processes. "
-                    "Writes DIR/trace.json (per frame: time, member, threads, backend, latency, deadline met, the "
-                    "member's accuracy), DIR/trace.png (latency vs deadline, switches, competitor phases shaded) and "
-                    "prints a summary. With several policies (--policy feedback,dofa) each gets its own "
-                    "trace-POLICY.json and one stacked trace.png. Competitors are killed on exit and on Ctrl-C.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "run", __doc__, "serve a frame stream under the runtime manager while competing processes come and go",
+                    ["dynadnn run runs/family --policy feedback,dofa --scenario contention --out runs/run",
+                     "dynadnn run zoo:animals --members 5 --deadline-ms 3 --duration 10 --out runs/run"],
+                    show_defaults=True)
     p.add_argument("family", help="family directory, checkpoint path, zoo:NAME, or random:PRESET (untrained, for tests)")
     p.add_argument("--deadline-ms", type=float, default=None,
                    help="latency deadline per inference; 'auto' when omitted: calibrated from measured latencies so "

@@ -1,34 +1,34 @@
-"""`dynadnn search`: a Pareto family of sub-networks for this device, written as a family artifact."""
+"""`dynadnn search`: a Pareto family of sub-networks for this device, written as a family artifact.
+
+One multi-objective search (NSGA-II plus budget-niche refinement) over the checkpoint's space, maximising
+predicted top-1 and minimising predicted latency in every context at once. Candidates spread along the
+predicted front of the first context are BN-calibrated on training images and measured here (top-1 on the
+whole test split; batch-1 latency median/p95 per context on the faster of the resident TorchScript member and
+ONNX Runtime, as the runtime serves it); the family is the measured Pareto front among them (accuracy rises
+with latency), thinned to --members spread in latency. Latency comes from a profile directory (`dynadnn
+profile`) or is profiled on the fly; accuracy from a trained predictor directory or from one trained now on
+BN-calibrated evaluations of random members.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .common import parse_names, progress_bar
+from .common import add_command, parse_names, progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "search", help="search a Pareto family of sub-networks and write family.json + family.safetensors",
-        description="One multi-objective search (NSGA-II plus budget-niche refinement) over the checkpoint's "
-                    "space, maximising predicted top-1 and minimising predicted latency in every context at "
-                    "once. Candidates spread along the predicted front of the first context are BN-calibrated "
-                    "on training images and measured here (top-1 on the whole test split; batch-1 latency "
-                    "median/p95 per context on the faster of the resident TorchScript member and ONNX "
-                    "Runtime, as the runtime serves it); the family is the measured Pareto front among them "
-                    "(accuracy rises with latency), thinned to --members spread in latency. Latency comes from "
-                    "a profile directory (`dynadnn profile`) or is profiled on the fly; accuracy from a "
-                    "trained predictor directory or from one trained now on BN-calibrated evaluations of "
-                    "random members.")
+    p = add_command(sub, "search", __doc__, "search a Pareto family of sub-networks and write family.json + family.safetensors",
+                    ["dynadnn search zoo:animals --contexts cpu:1t,cpu:2t --profile runs/profile --members 8 --out runs/family",
+                     "dynadnn search zoo:animals --contexts cpu:1t --out runs/family   # profiles and fits a predictor first"])
     p.add_argument("checkpoint", help="super-network checkpoint (.safetensors, OFA .pth, or zoo:NAME)")
     p.add_argument("--contexts", default="cpu:1t,cpu:2t", help="comma-separated contexts (default cpu:1t,cpu:2t)")
     p.add_argument("--members", type=int, default=8, help="family size: at most this many members (default 8)")
     p.add_argument("--candidates", type=int, default=None,
                    help="architectures from the predicted front measured before choosing the family, besides the "
-                        "space's smallest and largest members (default 3 x --members): predicted top-1 "
-                        "differences of a few tenths of a point are within the predictor's error, so the "
-                        "choice is made on measurements")
+                        "space's smallest and largest members (default 3 x --members): the choice is made on "
+                        "measurements, since the predictor's error is a few tenths of a point")
     p.add_argument("--out", required=True, help="family directory to write")
     p.add_argument("--profile", help="profile directory from `dynadnn profile` (default: profile now into OUT/profile)")
     p.add_argument("--predictor", help="accuracy predictor directory (default: train one now into OUT/predictor)")
@@ -49,13 +49,14 @@ def _predictor(args, net, data, out: Path):
     from ..predict.fitting import fit_accuracy_predictor
 
     if args.predictor:
-        predictor = AccuracyPredictor.load(args.predictor, net.space)
+        predictor = AccuracyPredictor.load(args.predictor, net.space, checkpoint=args.checkpoint)
         return predictor, predictor.meta.get("fit", {})
     print(f"training an accuracy predictor on {args.samples} BN-calibrated members (pass --predictor DIR to reuse one)")
     with progress_bar() as progress:
         predictor, report = fit_accuracy_predictor(net, data, args.samples, calib_images=args.calib_images,
                                                    eval_images=args.eval_images, seed=args.seed,
-                                                   out=out / "predictor", progress=progress)
+                                                   out=out / "predictor", checkpoint=args.checkpoint,
+                                                   progress=progress)
     print(f"accuracy predictor: {report.model}, held-out RMSE {report.rmse:.2f} points, Kendall tau "
           f"{report.kendall_tau:.3f} (5-fold cross-validation over {report.n_test} measured members)")
     return predictor, report.to_dict()
@@ -66,7 +67,7 @@ def _tables(args, net, contexts: list[str], out: Path):
     from ..predict.latency import load_tables
 
     if args.profile:
-        return load_tables(args.profile, net.space, contexts), Path(args.profile)
+        return load_tables(args.profile, net.space, contexts, checkpoint=args.checkpoint), Path(args.profile)
     print(f"profiling this device into {out / 'profile'}/ (pass --profile DIR to reuse one)")
     with progress_bar() as progress:
         tables = profile_device(net, contexts, out / "profile", warmup=5, members=60, checkpoint=str(args.checkpoint),

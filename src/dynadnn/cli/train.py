@@ -1,4 +1,10 @@
-"""`dynadnn train`: sandwich-rule super-network training (single process, or DDP under torchrun)."""
+"""`dynadnn train`: sandwich-rule super-network training (single process, or DDP under torchrun).
+
+Train a weight-sharing super-network so that every member works: each step trains the max member on the labels
+and the min member plus N random members on the max member's soft outputs. SGD-Nesterov, cosine schedule with
+warm-up, channels-last. Writes OUT/last.safetensors every --checkpoint-every steps (atomically) and
+OUT/final.safetensors at the end.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +14,15 @@ import shlex
 import sys
 
 from ..errors import UserError
+from .common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train", help="train a super-network (sandwich rule, in-place distillation)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a weight-sharing super-network so that every member works: each step trains the max "
-                    "member on the labels and the min member plus N random members on the max member's soft "
-                    "outputs. SGD-Nesterov, cosine schedule with warm-up, channels-last. Writes OUT/last.safetensors "
-                    "every --checkpoint-every steps (atomically) and OUT/final.safetensors at the end.",
-        epilog="examples:\n"
-               "  dynadnn train --data animals --minutes 3 --out runs/quick\n"
-               "  dynadnn train --data animals --minutes 3 --out runs/quick --resume\n"
-               "  dynadnn train --data imagefolder:/data/imagenet --preset ofa_mbv3_w1.0 --epochs 5 --out runs/in\n"
-               "  torchrun --nproc_per_node 2 -m dynadnn train --data animals --epochs 1 --out runs/ddp")
+    p = add_command(sub, "train", __doc__, "train a super-network (sandwich rule, in-place distillation)",
+                    ["dynadnn train --data animals --minutes 3 --out runs/quick",
+                     "dynadnn train --data animals --minutes 3 --out runs/quick --resume",
+                     "dynadnn train --data imagefolder:/data/imagenet --preset ofa_mbv3_w1.0 --epochs 5 --out runs/in",
+                     'torchrun --nproc_per_node 2 -m dynadnn train --data animals --epochs 1 --out runs/ddp'])
     p.add_argument("--data", default="animals", help="animals (default), digits or imagefolder:PATH")
     p.add_argument("--preset", default="tiny", help="search-space preset or JSON file (default: tiny)")
     p.add_argument("--out", required=True, help="output directory for checkpoints")

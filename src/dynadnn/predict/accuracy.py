@@ -139,13 +139,9 @@ class AccuracyPredictor:
     def save(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        from ..fileio import atomic_write
+        from ..fileio import atomic_write, make_dir
 
-        directory = Path(directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"{directory}: cannot create the predictor directory ({exc.strerror})") from None
+        directory = make_dir(directory, "predictor directory")
         tensors = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
         atomic_write(directory / "predictor.safetensors", lambda p: save_file(tensors, str(p)))
         info = {**self.meta, "format": PREDICTOR_FORMAT, "preset": self.space.name, "space": self.space.to_dict(),

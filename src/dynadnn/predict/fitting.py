@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from ..errors import UserError
 from ..evaluate import calibrate, top1
+from ..provenance import checkpoint_ref
 from .accuracy import MIN_PAIRS, AccuracyPredictor, FitReport
 from .latency import LatencyTable, context_dirname
 from .profiling import check_members, count_layers, profile_layers
@@ -31,10 +32,10 @@ def _quiet(task: str, done: int, total: int) -> None:
 def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, *,
                    resolutions: Sequence[int] | None = None, runs: int | None = None, warmup: int = 10,
                    members: int = 100, member_runs: int | None = None, backend: str = "auto",
-                   checkpoint: str = "", progress: Progress = _quiet) -> dict[str, LatencyTable]:
+                   checkpoint: str | None = None, progress: Progress = _quiet) -> dict[str, LatencyTable]:
     """Latency tables of `net`'s space for each context, measured on this device. Each table carries its
     correction and its member check (`table.meta["report"]`: MAPE and Kendall tau on held-out members).
-    With `out`, each table is written to `out/<context>/` (Dynamic-OFA's format plus table.json). Runs
+    `checkpoint` (the path or zoo:NAME `net` came from) is recorded by its sha256. With `out`, each table is written to `out/<context>/` (Dynamic-OFA's format plus table.json). Runs
     default per backend (`predict.profiling.DEFAULT_RUNS`)."""
     space = net.space
     res = list(resolutions or space.resolutions)
@@ -43,6 +44,7 @@ def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, 
         raise UserError(f"resolutions: {bad} not in space '{space.name}' ({list(space.resolutions)})")
     if members < 10:
         raise UserError(f"members: need at least 10 whole members to fit and check a correction, got {members}")
+    sha = checkpoint_ref(checkpoint)[1]
     tables = {}
     onnx_cache: dict[str, bytes] = {}  # one export of each layer and member serves every thread count
     for ctx in contexts:
@@ -54,7 +56,7 @@ def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, 
 
         entries, meta = profile_layers(space, ctx, res, runs, warmup, progress=layer_step, backend=backend,
                                        onnx_cache=onnx_cache)
-        table = LatencyTable(space, ctx, entries, f"profile {ctx}")
+        table = LatencyTable(space, ctx, entries, f"profile {ctx}", checkpoint_sha256=sha)
         done_m = [0]
 
         def member_step(k: int, ctx=ctx, done_m=done_m) -> None:
@@ -64,7 +66,7 @@ def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, 
         check = check_members(net, table, members, runs=member_runs, progress=member_step, backend=backend,
                               onnx_cache=onnx_cache)
         table.correction = check.fit()
-        meta.update({"report": check.report, "checkpoint": checkpoint,
+        meta.update({"report": check.report, "checkpoint": str(checkpoint or ""),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "members": [{"arch": a.to_dict(), "measured_ms": round(float(m), 4),
                                   "p95_ms": round(float(p), 4), "lut_ms": round(float(lut), 4)}
@@ -85,11 +87,12 @@ def check_predictor_sizes(samples: int, eval_images: int | None = None) -> None:
 
 
 def fit_accuracy_predictor(net, data, samples: int = 300, *, calib_images: int = 1000, eval_images: int | None = None,
-                           seed: int = 0, out: str | Path | None = None,
+                           seed: int = 0, out: str | Path | None = None, checkpoint: str | None = None,
                            progress: Progress = _quiet) -> tuple[AccuracyPredictor, FitReport]:
     """Measure `samples` members of random sizes (the space's smallest and largest among them), each
     BN-calibrated on `calib_images` training images, on the test split (its first `eval_images` when
-    given), and fit an accuracy predictor on them. The measured members are kept in `predictor.meta`."""
+    given), and fit an accuracy predictor on them. The measured members are kept in `predictor.meta`;
+    `checkpoint` (the path or zoo:NAME `net` came from) is recorded by its sha256."""
     check_predictor_sizes(samples, eval_images)
     space = net.space
     rng = random.Random(seed)
@@ -100,6 +103,7 @@ def fit_accuracy_predictor(net, data, samples: int = 300, *, calib_images: int =
         measured.append(top1(net, arch, data, calibrate(net, arch, calib), limit=eval_images))
         progress("measuring members for the accuracy predictor", i + 1, len(archs))
     predictor, report = AccuracyPredictor.fit(space, archs, measured, hidden=(128, 128), epochs=150, seed=seed)
+    predictor.checkpoint_sha256 = checkpoint_ref(checkpoint)[1]
     predictor.meta["samples"] = [{"arch": a.to_dict(), "top1": t} for a, t in zip(archs, measured)]
     if out is not None:
         predictor.save(out)

@@ -359,13 +359,9 @@ class LatencyTable:
         """Write Dynamic-OFA's layout (one JSON per resolution) plus `table.json` (context, preset and `space`,
         the search space's full description, `checkpoint_sha256`, correction, provenance from `self.meta`
         and `meta`); each file atomically."""
-        from ..fileio import atomic_write
+        from ..fileio import atomic_write, make_dir
 
-        directory = Path(directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"{directory}: cannot create the table directory ({exc.strerror})") from None
+        directory = make_dir(directory, "table directory")
         for r in self.resolutions:
             text = json.dumps(self.entries[r], indent=1, sort_keys=True)
             atomic_write(directory / f"{r}_lookup_table.json", lambda p, t=text: Path(p).write_text(t))

@@ -19,7 +19,6 @@ re-run on the safe option, and the policy is told to start again from there.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -34,7 +33,7 @@ from ..deploy import BACKENDS, member_runners
 from .knobs import build_options
 from .members import FamilySource
 from .monitors import LatencyMonitor, SystemMonitor
-from .options import Option, Targets, fastest
+from .options import Targets, fastest
 from .policies import Policy, make_policy
 from .serving import Records, Serving
 

@@ -129,7 +129,7 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
 def _cache_dir(spec: str, dataset: str, k: int) -> Path | None:
     import os
 
-    from ..family import sha256_file
+    from ..provenance import sha256_file
     from ..supernet.checkpoint import resolve_checkpoint_path
 
     try:
@@ -162,12 +162,14 @@ def _save_hand_picked(spec: str, dataset: str, k: int, source: FamilySource) -> 
     if d is None:
         return
     try:
-        from ..family import Family, Member, sha256_file
+        from ..family import Family, Member
+        from ..provenance import sha256_file
         from ..supernet.checkpoint import resolve_checkpoint_path
 
         members = [Member(a, b, top1_measured=t) for a, b, t in zip(source.archs, source.bn_stats, source.top1)]
         Family(source.supernet.space.name, [], members, checkpoint=spec,
                checkpoint_sha256=sha256_file(resolve_checkpoint_path(spec)),
-               provenance={"made_by": "dynadnn.runtime.members (hand-picked ladder)", "dataset": dataset}).save(d)
+               provenance={"made_by": "dynadnn.runtime.members (hand-picked ladder)", "dataset": dataset},
+               search_space=source.supernet.space).save(d)
     except (OSError, UserError):
         pass  # a cache that cannot be written only costs time
