@@ -51,3 +51,10 @@ def add_command(sub, name: str, doc: str, help: str, examples: Sequence[str] = (
     """A sub-command whose `--help` is its module's docstring (`doc`) and ends with examples."""
     return sub.add_parser(name, help=help, description=doc.strip(), epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
                           formatter_class=_WithDefaults if show_defaults else argparse.RawDescriptionHelpFormatter)
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """The super-network a command reads: a checkpoint, and the preset of an OFA file that has no metadata."""
+    p.add_argument("checkpoint", help="super-network checkpoint: a .safetensors file, an OFA .pth, or zoo:NAME")
+    p.add_argument("--preset", default=None,
+                   help="search-space preset of an OFA .pth (default: guessed from the tensor shapes)")

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from .common import add_command
+from .common import add_checkpoint_arguments, add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "eval", __doc__, "top-1 of members (BN re-calibrated per member), MACs and parameters",
                     ["dynadnn eval zoo:animals --data animals --subnets max,min,random:20",
                      "dynadnn eval runs/quick/final.safetensors --subnets max,min --json"])
-    p.add_argument("checkpoint", help="a .safetensors checkpoint, an OFA .pth, or zoo:NAME")
+    add_checkpoint_arguments(p)
     p.add_argument("--data", default=None, help="animals, digits or imagefolder:PATH (default: the checkpoint's)")
-    p.add_argument("--preset", default=None, help="preset for OFA .pth files whose shapes are ambiguous")
     p.add_argument("--subnets", default="max,min,random:20", help="comma list of max, min, random:N (default "
                                                                   "max,min,random:20)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random members")

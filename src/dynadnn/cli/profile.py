@@ -15,15 +15,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .common import add_command, parse_int_list, progress_bar
+from .common import add_checkpoint_arguments, add_command, parse_int_list, progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "profile", __doc__, "time every layer of a space on this device and write latency tables",
                     ["dynadnn profile zoo:animals --threads 1,2 --out runs/profile",
                      "dynadnn profile runs/quick/final.safetensors --threads 1 --members 30 --out runs/profile"])
-    p.add_argument("checkpoint", help="super-network checkpoint (.safetensors, OFA .pth, or zoo:NAME)")
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (contexts cpu:<N>t); default 1,2")
+    add_checkpoint_arguments(p)
     p.add_argument("--cuda", choices=("auto", "yes", "no"), default="auto", help="also profile context 'cuda' (default: when present)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--runs", type=int, default=None,
@@ -37,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what runs the layers and members: ort (ONNX Runtime, what the runtime serves on the CPU; CPU "
                         "contexts only), torch (eager PyTorch), or auto (ort on the CPU, torch on CUDA; default)")
     p.add_argument("--resolutions", help="comma-separated resolutions (default: all of the preset)")
-    p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
     p.set_defaults(func=run)
 
 

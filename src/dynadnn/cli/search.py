@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_command, parse_names, progress_bar
+from .common import add_checkpoint_arguments, add_command, parse_names, progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "search", __doc__, "search a Pareto family of sub-networks and write family.json + family.safetensors",
                     ["dynadnn search zoo:animals --contexts cpu:1t,cpu:2t --profile runs/profile --members 8 --out runs/family",
                      "dynadnn search zoo:animals --contexts cpu:1t --out runs/family   # profiles and fits a predictor first"])
-    p.add_argument("checkpoint", help="super-network checkpoint (.safetensors, OFA .pth, or zoo:NAME)")
+    add_checkpoint_arguments(p)
     p.add_argument("--contexts", default="cpu:1t,cpu:2t", help="comma-separated contexts (default cpu:1t,cpu:2t)")
     p.add_argument("--members", type=int, default=8, help="family size: at most this many members (default 8)")
     p.add_argument("--candidates", type=int, default=None,
@@ -40,7 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "whole test split, as for family members; measured on the animals model, its two halves "
                         "rank the same members with a Kendall tau of only 0.46)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", help="preset for an OFA checkpoint without metadata")
     p.set_defaults(func=run)
 
 
