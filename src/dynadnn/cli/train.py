@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "train", __doc__, "train a super-network (sandwich rule, in-place distillation)",
                     ["dynadnn train --data animals --minutes 3 --out runs/quick",
                      "dynadnn train --data animals --minutes 3 --out runs/quick --resume",
-                     "dynadnn train --data imagefolder:/data/imagenet --preset ofa_mbv3_w1.0 --epochs 5 --out runs/in"])
+                     "dynadnn train --data imagefolder:/data/imagenet --preset ofa_mbv3_w1.0 --epochs 5 --out runs/in",
+                     "torchrun --nproc_per_node 2 -m dynadnn train --data animals --epochs 1 --out runs/ddp"])
     p.add_argument("--data", default="animals", help="animals (default), digits or imagefolder:PATH")
     p.add_argument("--preset", default="tiny", help="search-space preset or JSON file (default: tiny)")
     p.add_argument("--out", required=True, help="output directory for checkpoints")
