@@ -1,5 +1,10 @@
 """Shared fixtures. Reference data (Dynamic-OFA's Jetson tables and OFA's predictor) is read from
-$DYNADNN_REFERENCE, else from ../shared/reference beside the repository (where CI puts it)."""
+$DYNADNN_REFERENCE, else from ../shared/reference beside the repository (where CI puts it).
+
+Also shared: `cli_env` (the environment for `python -m dynadnn` subprocesses), `digits` (the small real data
+set the tests can afford to train on), `perturbed_supernet` (a tiny super-network whose BN and kernel
+matrices are not at their defaults, so that mistakes show) and `runs_code` (an object whose unpickling
+would run a shell command)."""
 
 from __future__ import annotations
 
@@ -38,3 +43,64 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def cli_env() -> dict[str, str]:
+    """Environment for `python -m dynadnn ...` subprocesses: this checkout's sources, one OpenMP thread."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits as a dynadnn data set (tiny: what the tests train and calibrate on)."""
+    from dynadnn.data import load_dataset
+
+    return load_dataset("digits")
+
+
+def _perturbed_supernet(seed: int = 0):
+    """A tiny super-network with random weights and non-trivial BN affine/statistics and kernel matrices
+    (so that folding, calibration or a round trip that dropped them would show), in eval mode."""
+    from dynadnn.space import load_space
+    from dynadnn.supernet import SuperNet
+
+    torch.manual_seed(seed)
+    net = SuperNet(load_space("tiny"))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "kernel_transforms" in name:
+                p.add_(0.05 * torch.randn_like(p))
+            elif name.endswith("bn.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bn.bias"):
+                p.normal_(0, 0.2)
+        for name, b in net.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0, 0.2)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    net.invalidate()
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
+def perturbed_supernet():
+    """Builds a fresh perturbed tiny super-network: `perturbed_supernet(seed=0)`."""
+    return _perturbed_supernet
+
+
+class RunsCode:
+    """Unpickling this calls os.system, which would create the file `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch '{self.marker}'",)
+
+
+@pytest.fixture
+def runs_code(tmp_path) -> RunsCode:
+    """An object whose unpickling would run code; `runs_code.marker` exists afterwards if it did."""
+    return RunsCode(tmp_path / "PWNED")

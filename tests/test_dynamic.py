@@ -11,38 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from dynadnn.data import resize_batch
-
 from dynadnn.dynamic import DynamicNetwork, calibrate_members
 from dynadnn.errors import UserError
-from dynadnn.space import Arch, load_space
-from dynadnn.supernet import SuperNet
-
-
-def _perturbed_supernet(seed: int = 0) -> SuperNet:
-    """Random weights with non-trivial BN affine/statistics and kernel matrices, so folding matters."""
-    torch.manual_seed(seed)
-    net = SuperNet(load_space("tiny"))
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "kernel_transforms" in name:
-                p.add_(0.05 * torch.randn_like(p))
-            elif name.endswith("bn.weight"):
-                p.uniform_(0.5, 1.5)
-            elif name.endswith("bn.bias"):
-                p.normal_(0, 0.2)
-        for name, b in net.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0, 0.2)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
-    net.invalidate()
-    return net.eval()
+from dynadnn.space import Arch
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.set_num_threads(1)
-    net = _perturbed_supernet()
+def setup(perturbed_supernet):
+    net = perturbed_supernet()
     space = net.space
     rng = random.Random(3)
     archs = [space.max_arch(32), space.min_arch(20), space.sample(rng, 24), space.sample(rng, 28)]

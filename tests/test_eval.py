@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
-from dynadnn.data import load_dataset
 from dynadnn.errors import UserError
 from dynadnn.evaluate import count_macs_params, evaluate_members, member_cost, parse_subnets
 from dynadnn.space import load_space
 from dynadnn.supernet import SuperNet
 from dynadnn.train import Recipe, train
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, digits):
     """A tiny super-network trained for a few steps on digits (the data the tests can afford)."""
     out = tmp_path_factory.mktemp("digits")
-    data = load_dataset("digits")
     recipe = Recipe(data="digits", batch_size=32, n_random=1, lr=0.1, warmup_epochs=0.1, steps=20)
-    torch.set_num_threads(1)
-    res = train(recipe, out, data=data, progress=False, evaluate_at_end=False)
-    return res.checkpoint, data
+    res = train(recipe, out, data=digits, progress=False, evaluate_at_end=False)
+    return res.checkpoint, digits
 
 
 def test_count_macs_matches_the_formula():
@@ -72,11 +63,11 @@ def test_calibrated_evaluation(trained):
     assert evaluate_members(net, data, members, n_calib=500) == rows
 
 
-def test_eval_cli_json_last_line(trained):
+def test_eval_cli_json_last_line(trained, cli_env):
     ckpt, _ = trained
     r = subprocess.run([sys.executable, "-m", "dynadnn", "eval", str(ckpt), "--subnets", "max,min,random:1",
                         "--calib-images", "300", "--threads", "1", "--json"],
-                       env=ENV, capture_output=True, text=True, timeout=300)
+                       env=cli_env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     names = [m["name"] for m in doc["members"]]
@@ -85,7 +76,7 @@ def test_eval_cli_json_last_line(trained):
     assert mx["macs"] > mn["macs"] and mx["params"] > mn["params"] and set(mx) == {"name", "arch", "top1", "macs", "params"}
 
 
-def test_eval_cli_errors_are_one_line(tmp_path):
+def test_eval_cli_errors_are_one_line(tmp_path, cli_env):
     r = subprocess.run([sys.executable, "-m", "dynadnn", "eval", str(tmp_path / "nope.safetensors")],
-                       env=ENV, capture_output=True, text=True, timeout=120)
+                       env=cli_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no such checkpoint" in r.stderr and r.stderr.count("\n") == 1

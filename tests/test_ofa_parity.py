@@ -129,13 +129,7 @@ class Peer:
 
 @pytest.fixture(scope="module", params=WIDTHS, ids=lambda w: f"w{w}")
 def peer(request) -> Peer:
-    # module-scoped fixtures run before conftest's per-test one-thread fixture: build at 1 thread too
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return Peer(request.param)
-    finally:
-        torch.set_num_threads(old)
+    return Peer(request.param)  # at one thread: conftest sets it on import, before any fixture runs
 
 
 def _arch_id(i: int) -> str:

@@ -14,7 +14,7 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 
 def test_parse_proc_stat_counts_idle_and_iowait_as_idle():
-    busy, total = parse_proc_stat(f"cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
+    busy, total = parse_proc_stat("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3 4\n")
     assert busy == pytest.approx(150 / HZ) and total == pytest.approx(1000 / HZ)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -14,26 +13,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dynadnn.data import load_dataset
 from dynadnn.errors import CheckpointError, UserError
-from dynadnn.space import load_space
+from dynadnn.space import SearchSpace, load_space
 from dynadnn.supernet import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dynadnn.supernet import SuperNet
 from dynadnn.train import Recipe, lr_at, lr_by_time, param_groups, step_members, train
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def small(**kw) -> Recipe:
     base = dict(data="digits", batch_size=16, n_random=0, lr=0.05, warmup_epochs=0.05, steps=12)
     base.update(kw)
     return Recipe(**base)
+
+
+def other_preset_checkpoint(path: Path) -> Path:
+    """A checkpoint of a copy of the tiny preset named 'tiny-other' (what a run of preset 'tiny' must refuse)."""
+    other = load_space("tiny").to_dict()
+    other["name"] = "tiny-other"
+    return save_checkpoint(SuperNet(SearchSpace.from_dict(other)), path, {"steps": 3})
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -91,11 +88,7 @@ def test_non_writable_out_is_a_one_line_error(tmp_path, digits):
 
 
 def test_resume_refuses_a_checkpoint_of_another_preset(tmp_path, digits):
-    other = load_space("tiny").to_dict()
-    other["name"] = "tiny-other"
-    from dynadnn.space import SearchSpace
-
-    save_checkpoint(SuperNet(SearchSpace.from_dict(other)), tmp_path / "last.safetensors", {"steps": 3})
+    other_preset_checkpoint(tmp_path / "last.safetensors")
     with pytest.raises(CheckpointError, match="preset 'tiny-other'"):
         train(small(), tmp_path, data=digits, resume=True, progress=False)
 
@@ -110,13 +103,9 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_preset(tmp_path, digi
     ref = dict(start.named_parameters())
     assert max(float((p.detach() - ref[k].detach()).abs().max()) for k, p in tuned.named_parameters()) < 1e-5
     assert read_checkpoint_meta(res.checkpoint)["recipe"]["init"] == str(path)
-    other = load_space("tiny").to_dict()
-    other["name"] = "tiny-other"
-    from dynadnn.space import SearchSpace
-
-    save_checkpoint(SuperNet(SearchSpace.from_dict(other)), tmp_path / "other.safetensors", {"steps": 3})
+    other = other_preset_checkpoint(tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="preset 'tiny-other'"):
-        train(small(init=str(tmp_path / "other.safetensors")), tmp_path / "ft2", data=digits, progress=False)
+        train(small(init=str(other)), tmp_path / "ft2", data=digits, progress=False)
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
@@ -125,9 +114,10 @@ def _cli(out: Path, *extra: str) -> list[str]:
             "--checkpoint-every", "4", "--out", str(out), *extra]
 
 
-def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
+@pytest.mark.slow
+def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path, cli_env):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cli(out), env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = out / "last.safetensors"
     deadline = time.time() + 120
     while time.time() < deadline:  # kill it once it has written a checkpoint past step 4
@@ -138,10 +128,10 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
     proc.wait()
     killed_at = read_checkpoint_meta(ckpt)["steps"]
     assert 4 <= killed_at < 16
-    resumed = subprocess.run(_cli(out, "--resume"), env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_cli(out, "--resume"), env=cli_env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"from step {killed_at}" in resumed.stdout
-    straight = subprocess.run(_cli(tmp_path / "straight"), env=ENV, capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(_cli(tmp_path / "straight"), env=cli_env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     a, b = load_file(str(out / "final.safetensors")), load_file(str(tmp_path / "straight" / "final.safetensors"))
     assert read_checkpoint_meta(out / "final.safetensors")["steps"] == 16
@@ -149,16 +139,17 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp_path):
     assert worst < 1e-5, f"resumed run differs from an uninterrupted one by {worst}"
 
 
-def test_cli_reports_bad_budget_in_one_line(tmp_path):
+def test_cli_reports_bad_budget_in_one_line(tmp_path, cli_env):
     r = subprocess.run([sys.executable, "-m", "dynadnn", "train", "--data", "digits", "--out", str(tmp_path)],
-                       env=ENV, capture_output=True, text=True, timeout=120)
+                       env=cli_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--minutes" in r.stderr
     r = subprocess.run([sys.executable, "-m", "dynadnn", "train", "--data", "cifar", "--steps", "1", "--out",
-                        str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=120)
+                        str(tmp_path)], env=cli_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown dataset 'cifar'" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_ddp_two_ranks_agree_and_match_one_process(tmp_path):
+@pytest.mark.slow
+def test_ddp_two_ranks_agree_and_match_one_process(tmp_path, cli_env):
     """2 gloo ranks with 8 images each == 1 process with 16 images in 2 micro-batches: BN normalises each
     rank's (micro-)batch on its own and DDP averages the gradients, exactly what micro-batching computes.
     Dropout and augmentation are off (their random draws are per-process)."""
@@ -167,10 +158,10 @@ def test_ddp_two_ranks_agree_and_match_one_process(tmp_path):
               "--checkpoint-every", "0"]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           str(29500 + random.randint(0, 400)), "-m", "dynadnn", "train", *common, "--out",
-                          str(tmp_path / "ddp")], env=ENV, capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "ddp")], env=cli_env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one = subprocess.run([sys.executable, "-m", "dynadnn", "train", *common, "--micro-batches", "2", "--out",
-                          str(tmp_path / "one")], env=ENV, capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "one")], env=cli_env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
     meta = read_checkpoint_meta(tmp_path / "ddp" / "final.safetensors")
     assert meta["world_size"] == 2 and meta["metrics"]["ranks_identical"] == 1.0
