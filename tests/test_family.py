@@ -99,6 +99,7 @@ def test_plot_front_cli_writes_png_and_bad_family_is_one_line_error(net, tmp_pat
     assert err.startswith("dynadnn: error:") and "\n" not in err
 
 
+@pytest.mark.slow
 def test_profile_and_search_cli_build_a_measured_family(net, tmp_path):
     """End to end on a small budget: profile one resolution, train a predictor on a few measured members,
     search, calibrate and measure the picks, write and reload the family."""
