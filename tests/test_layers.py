@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "src" / "dynadnn"
 # Lowest first. Modules of one layer may import each other (without cycles).
 LAYERS: list[tuple[str, ...]] = [
     ("dynadnn.errors", "dynadnn.presets"),
-    ("dynadnn.fileio",),
+    ("dynadnn.fileio", "dynadnn.validate"),
     ("dynadnn.space",),
     ("dynadnn.data",),
     ("dynadnn.supernet.plan",),

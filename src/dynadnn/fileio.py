@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import UserError
 
@@ -118,3 +120,54 @@ def read_safetensors(path: str | Path, error: type[UserError] = UserError,
     except (SafetensorError, OSError) as exc:
         raise error(f"{path}: not a readable safetensors file ({exc})") from None
     return out, meta
+
+
+def _oserror(path: Path, exc: OSError, doing: str) -> str:
+    shown = str(path) if len(str(path)) <= 120 else str(path)[:60] + "..." + str(path)[-40:]
+    return f"{shown}: cannot {doing} ({exc.strerror or exc})"
+
+
+@contextmanager
+def output_dir(out: str | Path, kind: str, marker: str, overwrite: bool = False,
+               error: type[UserError] = UserError) -> Iterator[Path]:
+    """Write a whole result folder or nothing. Yields a fresh temporary folder beside `out`; when the block
+    returns, the folder is renamed onto `out` (an earlier `out`, when `overwrite`, is replaced whole, never
+    mixed with the new files); when it raises, or on Ctrl-C, the temporary folder is removed and `out` is as
+    it was. `out` holding a result of this `kind` (its `marker` file) or any other files is refused unless
+    `overwrite`. An `out` that cannot be written is refused before the block starts, i.e. before the work."""
+    out = Path(out)
+    try:
+        _check_out(out, kind, marker, overwrite, error)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:32]}.", suffix=".partial", dir=out.parent))
+    except OSError as exc:
+        raise error(_oserror(out, exc, "write the output folder here")) from None
+    try:
+        yield tmp
+        _replace_dir(tmp, out, error)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_out(out: Path, kind: str, marker: str, overwrite: bool, error: type[UserError]) -> None:
+    if out.exists() and not out.is_dir():
+        raise error(f"{out}: exists and is not a directory (expected a folder for the {kind})")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = f"a {kind} ({marker})" if (out / marker).exists() else "other files"
+        raise error(f"{out}: already holds {what}; pass --overwrite to replace the folder, or choose a new one")
+
+
+def _replace_dir(new: Path, out: Path, error: type[UserError]) -> None:
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.{os.getpid()}.old"
+        os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except OSError as exc:
+        if old is not None:
+            os.replace(old, out)
+        raise error(_oserror(out, exc, "move the finished output into place")) from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
