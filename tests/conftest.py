@@ -104,3 +104,36 @@ class RunsCode:
 def runs_code(tmp_path) -> RunsCode:
     """An object whose unpickling would run code; `runs_code.marker` exists afterwards if it did."""
     return RunsCode(tmp_path / "PWNED")
+
+
+# --- bad input: the promise every verb keeps ------------------------------------------------------------
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime_ns)} of every file below `root`."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def refused(tmp_path, capsys):
+    """`refused(argv, named, out=None)`: run the CLI in-process and require what bad input must give: exit 2,
+    one line on stderr starting `dynadnn: error:` that contains `named`, no traceback, and no file below
+    tmp_path created, changed or removed (outside `out` when given, which must not hold a result either)."""
+    from dynadnn.cli import main
+
+    def check(argv: list[str], named: str, out: Path | None = None) -> str:
+        before = snapshot(tmp_path)
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, f"exit {code}, stderr: {err[-500:]}"
+        assert err.startswith("dynadnn: error:") and "\n" not in err and "Traceback" not in err, err
+        assert named in err, f"{named!r} not in {err!r}"
+        after = snapshot(tmp_path)
+        if out is not None:
+            inside = lambda k: (tmp_path / k).resolve().is_relative_to(Path(out).resolve())  # noqa: E731
+            before = {k: v for k, v in before.items() if not inside(k)}
+            after = {k: v for k, v in after.items() if not inside(k)}
+        assert after == before, f"files changed: {set(after) ^ set(before) or 'contents'}"
+        return err
+
+    return check
