@@ -187,8 +187,11 @@ def test_custom_space_family_round_trips_without_any_preset(tmp_path, monkeypatc
 
 def test_family_used_with_a_checkpoint_or_space_of_another_space_is_refused(tmp_path, net):
     space = custom_space()
-    ckpt = save_checkpoint(SuperNet(space), tmp_path / "custom.safetensors")
-    members = [Member(space.min_arch(), latency_predicted_ms={"cpu:1t": 1.0})]
+    supernet = SuperNet(space).eval()
+    ckpt = save_checkpoint(supernet, tmp_path / "custom.safetensors")
+    arch = space.min_arch()
+    members = [Member(arch, supernet.calibrate_bn(arch, [torch.randn(4, 1, arch.r, arch.r)]),
+                      latency_predicted_ms={"cpu:1t": 1.0})]
     Family(space.name, ["cpu:1t"], members, str(ckpt), sha256_file(ckpt), search_space=space).save(tmp_path / "f")
     tiny_ckpt = save_checkpoint(net, tmp_path / "tiny.safetensors")
     with pytest.raises(FamilyError) as err:

@@ -129,8 +129,15 @@ class Family:
 
         from .fileio import atomic_write, make_dir
 
-        directory = make_dir(directory, "family directory", FamilyError)
         self._validate_members()
+        members_doc = [m.to_json() for m in self.members]
+        head = {"contexts": list(self.contexts), "members": members_doc, "archive": self.archive,
+                "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256}}
+        _check_doc(head, "family")  # what `load` would refuse is never written
+        for i, md in enumerate(members_doc):
+            _member_from_json(md, f"family: members[{i}]", self.space, {})
+        _check_members(self.members, self.contexts, self.space, "family")
+        directory = make_dir(directory, "family directory", FamilyError)
         tensors = {}
         for i, m in enumerate(self.members):
             for key, value in m.bn_stats.items():
@@ -142,7 +149,7 @@ class Family:
             "checkpoint": {"path": self.checkpoint, "sha256": self.checkpoint_sha256},
             "weights_sha256": sha256_file(weights),
             "provenance": {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **self.provenance},
-            "members": [m.to_json() for m in self.members],
+            "members": members_doc,
             "archive": self.archive,
         }
         text = json.dumps(doc, indent=1)
@@ -182,18 +189,13 @@ class Family:
         fam_space = resolve_space(doc, str(jpath), space, "family", FamilyError)
         if preset is not None and fam_space.name != preset:
             raise FamilyError(f"{jpath}: family is for preset '{fam_space.name}', not '{preset}'")
-        contexts = doc.get("contexts")
-        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
-            raise FamilyError(f"{jpath}: field 'contexts' must be a list of context names")
-        members_doc = doc.get("members")
-        if not isinstance(members_doc, list) or not members_doc:
-            raise FamilyError(f"{jpath}: field 'members' must be a non-empty list")
+        contexts, members_doc, ck, archive = _check_doc(doc, str(jpath))
         stats = _read_member_stats(directory, doc, members_doc)
         members = [_member_from_json(md, f"{jpath}: members[{i}]", fam_space, stats[i])
                    for i, md in enumerate(members_doc)]
-        ck = doc.get("checkpoint") or {}
-        fam = cls(fam_space.name, contexts, members, str(ck.get("path", "")), str(ck.get("sha256", "")),
-                  doc.get("archive") or [], doc.get("provenance") or {}, fam_space)
+        _check_members(members, contexts, fam_space, str(jpath))
+        fam = cls(fam_space.name, contexts, members, ck.get("path") or "", ck.get("sha256") or "",
+                  archive, doc.get("provenance") or {}, fam_space)
         try:
             fam._validate_members()
         except UserError as exc:
@@ -201,6 +203,98 @@ class Family:
         if checkpoint is not None:
             fam.check_checkpoint(checkpoint, f"{jpath}: family", stacklevel=3)
         return fam
+
+
+def _field(doc: Mapping[str, Any], key: str, kind: Any, source: str, required: bool = False) -> Any:
+    """`doc[key]` of type `kind` (None when missing or null, unless `required`), as a FamilyError."""
+    from .validate import field as check_field
+
+    if doc.get(key) is None and not required:
+        return None
+    return check_field(doc, key, kind, source, error=FamilyError)
+
+
+def _check_doc(doc: Mapping[str, Any], source: str) -> tuple[list[str], list, dict, list]:
+    """family.json's top-level fields: (contexts, members, checkpoint, archive), each of the expected type."""
+    contexts = _field(doc, "contexts", list, source, required=True)
+    if not all(isinstance(c, str) and c for c in contexts) or len(set(contexts)) < len(contexts):
+        raise FamilyError(f"{source}: field 'contexts': expected a list of distinct context names, "
+                          f"got {json.dumps(contexts)[:60]}")
+    members_doc = _field(doc, "members", list, source, required=True)
+    if not members_doc:
+        raise FamilyError(f"{source}: field 'members': expected a non-empty list")
+    ck = _field(doc, "checkpoint", dict, source) or {}
+    for key in ("path", "sha256"):
+        _field(ck, key, str, f"{source}: field 'checkpoint'")
+    _field(doc, "weights_sha256", str, source)
+    _field(doc, "provenance", dict, source)
+    archive = _field(doc, "archive", list, source) or []
+    for i, entry in enumerate(archive):
+        where = f"{source}: archive[{i}]"
+        if not isinstance(entry, dict):
+            raise FamilyError(f"{where}: expected an object with 'arch', 'top1_predicted', 'latency_predicted_ms'")
+        _top1(entry, "top1_predicted", where)
+        _latencies(_field(entry, "latency_predicted_ms", dict, where) or {}, f"{where}: field 'latency_predicted_ms")
+    return contexts, members_doc, ck, archive
+
+
+def _top1(doc: Mapping[str, Any], key: str, where: str) -> float | None:
+    from .validate import number
+
+    value = _field(doc, key, float, where)
+    return None if value is None else number(value, f"{where}: field '{key}'", low=0, high=100, error=FamilyError)
+
+
+def _latencies(values: Mapping[str, Any], where: str, positive: bool = False) -> dict[str, float]:
+    """{context: ms} of finite numbers (> 0 when `positive`: measured times). `where` ends in an open quote."""
+    from .validate import number
+
+    return {str(k): number(v, f"{where}.{k}'", low=0.0 if positive else None, low_open=positive, error=FamilyError)
+            for k, v in values.items()}
+
+
+def expected_bn(space: SearchSpace, arch: Arch) -> dict[str, int]:
+    """The BN statistics a member's calibration gives (`SuperNet.calibrate_bn`): {key: channels}."""
+    lay = space.layout(arch.r)
+    want = {"first_bn": lay.stem.cout, "final_bn": lay.final.cout}
+    blocks = [(0, lay.blocks[0], 1)] + [(1 + b, lay.slots[b], arch.e[b]) for b in space.active_blocks(arch)]
+    for idx, blk, e in blocks:
+        if blk.expands:
+            want[f"blocks.{idx}.expand_bn"] = blk.mid(e)
+        want[f"blocks.{idx}.dw_bn"] = blk.mid(e)
+        want[f"blocks.{idx}.project_bn"] = blk.cout
+    return {f"{k}.{s}": c for k, c in want.items() for s in ("running_mean", "running_var")}
+
+
+def _check_members(members: Sequence[Member], contexts: Sequence[str], space: SearchSpace, source: str) -> None:
+    """No member twice; each with a positive latency in every context and its own complete, finite BN
+    statistics (the member's tensors in family.safetensors: keys and channels as its architecture needs)."""
+    import torch
+
+    seen: dict[Arch, int] = {}
+    for i, m in enumerate(members):
+        where = f"{source}: members[{i}]"
+        key = space.canonical(m.arch)
+        if key in seen:
+            raise FamilyError(f"{where}: the same architecture as members[{seen[key]}] (a member listed twice)")
+        seen[key] = i
+        for ctx in contexts:
+            if (ctx in m.latency_ms or ctx in m.latency_predicted_ms) and not m.latency(ctx) > 0:
+                raise FamilyError(f"{where}: latency in '{ctx}' is {m.latency(ctx)} ms; expected a positive number")
+        want = expected_bn(space, m.arch)
+        missing = sorted(set(want) - set(m.bn_stats))
+        extra = sorted(set(m.bn_stats) - set(want))
+        if missing or extra:
+            what = f"lacks '{missing[0]}'" if missing else f"has '{extra[0]}', which the member does not use"
+            raise FamilyError(f"{where}: its BN statistics in {WEIGHTS_NAME} {what} ({len(m.bn_stats)} of "
+                              f"{len(want)} tensors); the two files do not match")
+        for k, t in m.bn_stats.items():
+            t = torch.as_tensor(t)
+            if tuple(t.shape) != (want[k],) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+                raise FamilyError(f"{where}: BN tensor '{k}' in {WEIGHTS_NAME}: expected {want[k]} finite numbers, "
+                                  f"got shape {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}")
+            if k.endswith("running_var") and bool((t < 0).any()):
+                raise FamilyError(f"{where}: BN tensor '{k}' in {WEIGHTS_NAME} holds a negative variance")
 
 
 def _read_member_stats(directory: Path, doc: Mapping[str, Any], members_doc: list) -> list[dict[str, Any]]:
@@ -238,21 +332,23 @@ def _member_from_json(md: Any, where: str, space: SearchSpace, stats: dict[str, 
         arch = space.validate(Arch.from_dict(md["arch"]))
     except UserError as exc:
         raise FamilyError(f"{where}: {exc}") from None
-    lat = md.get("latency_ms") or {}
+    from .validate import count
+
+    lat = _field(md, "latency_ms", dict, where) or {}
+    measured: dict[str, dict[str, Any]] = {}
     for ctx, v in lat.items():
         if not isinstance(v, dict) or "median" not in v or "p95" not in v:
             raise FamilyError(f"{where}: field 'latency_ms.{ctx}' must have 'median' and 'p95'")
-    try:
-        return Member(arch, stats, _num(md.get("top1_predicted")), _num(md.get("top1_measured")),
-                      {k: float(v) for k, v in (md.get("latency_predicted_ms") or {}).items()},
-                      {k: {s: (str(x) if s == "backend" else float(x)) for s, x in v.items()} for k, v in lat.items()},
-                      int(md.get("macs", 0)), int(md.get("params", 0)))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise FamilyError(f"{where}: expected numbers for top-1, latencies, macs and params ({exc})") from None
-
-
-def _num(v: Any) -> float | None:
-    return None if v is None else float(v)
+        backend = _field(v, "backend", str, f"{where}: field 'latency_ms.{ctx}'")
+        measured[str(ctx)] = {**_latencies({s: x for s, x in v.items() if s != "backend"},
+                                           f"{where}: field 'latency_ms.{ctx}", positive=True),
+                              **({"backend": backend} if backend is not None else {})}
+    predicted = _latencies(_field(md, "latency_predicted_ms", dict, where) or {},
+                           f"{where}: field 'latency_predicted_ms")
+    macs, params = (count(_field(md, k, int, where) or 0, f"{where}: field '{k}'", error=FamilyError)
+                    for k in ("macs", "params"))
+    return Member(arch, stats, _top1(md, "top1_predicted", where), _top1(md, "top1_measured", where),
+                  predicted, measured, macs, params)
 
 
 def pick_spread(latency: Sequence[float], accuracy: Sequence[float], k: int) -> list[int]:

@@ -7,12 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import UserError
 from .family import Family
 
 
 def plot_front(family: Family, out: str | Path, title: str | None = None) -> Path:
     """One panel per context: the search archive (predicted top-1 vs predicted latency, grey), each member's
-    predicted point (hollow) joined to its measured point (filled, labelled by index)."""
+    predicted point (hollow) joined to its measured point (filled, labelled by index). `out` is written whole
+    or not at all; a directory there is refused before anything is drawn."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"out: {out} is a directory; expected the path of the PNG file to write")
+    if not family.contexts:
+        raise UserError("family: it has no hardware contexts, so there is no latency to plot")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +54,21 @@ def plot_front(family: Family, out: str | Path, title: str | None = None) -> Pat
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(title or f"family of {len(family.members)} ({family.preset})")
     fig.tight_layout()
-    out = Path(out)
     atomic_write(out, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
     return out
+
+
+def family_table(family: Family) -> str:
+    """The members as a text table: architecture, measured and predicted top-1, latency per context, MACs."""
+    contexts = family.contexts
+    lines = [f"{'#':>2s} {'arch':44s} {'top1 meas':>9s} {'pred':>6s} " + " ".join(f"{c + ' ms':>12s}" for c in contexts)
+             + f" {'MMACs':>7s}"]
+    for i, m in enumerate(family.members):
+        lines.append(f"{i:2d} {m.arch.short()[:44]:44s} {_fmt(m.top1_measured, 9)} {_fmt(m.top1_predicted, 6)} "
+                     + " ".join(f"{m.latency(c):12.3f}" for c in contexts) + f" {m.macs / 1e6:7.2f}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, width: int) -> str:
+    return f"{'-':>{width}s}" if value is None else f"{value:{width}.2f}"

@@ -13,8 +13,10 @@ in the first context, thinned to `members` spread in latency.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -24,7 +26,7 @@ from .errors import UserError
 from .evaluate import calibrate, top1
 from .family import Family, Member, archive_entries, pick_spread
 from .predict.flops import FlopsModel
-from .predict.profiling import context_device, time_members
+from .predict.profiling import check_contexts, context_device, time_members
 from .provenance import checkpoint_ref
 from .search import NSGA2Search, SearchProblem, SearchResult
 from .space import Arch
@@ -137,13 +139,33 @@ def _member(cand: Candidate, flops: FlopsModel) -> Member:
                   int(flops.macs(cand.arch)[0]), int(flops.params(cand.arch)[0]))
 
 
-def check_family_sizes(members: int, candidates: int | None = None) -> int:
+def carry_inputs(out: str | Path, tmp: str | Path, inputs: Sequence[str | Path | None]) -> None:
+    """Copy each input folder that lies inside `out` to the same place in `tmp`, the result folder that will
+    replace `out`: a `--profile out/profile` read by a search into `out` is kept, not lost with the old folder."""
+    out = Path(out).resolve()
+    for item in inputs:
+        if not item:
+            continue
+        src = Path(item).resolve()
+        if src.is_dir() and src != out and src.is_relative_to(out):
+            shutil.copytree(src, Path(tmp) / src.relative_to(out), dirs_exist_ok=True)
+
+
+MAX_CANDIDATES = 1000  # each candidate is BN-calibrated and measured here: seconds each
+
+
+def check_family_sizes(members: int, candidates: int | None = None, calib_images: int = 1000, seed: int = 0) -> int:
     """The checks `choose_family` makes first; returns the number of candidates (default 3 x members)."""
-    if members < 2:
+    from .predict.fitting import check_measure_sizes
+    from .validate import count
+
+    if isinstance(members, int) and not isinstance(members, bool) and members < 2:
         raise UserError(f"members: a family needs at least 2 members, got {members}")
-    n_cand = candidates or 3 * members
+    count(members, "members", low=2, high=MAX_CANDIDATES)
+    n_cand = 3 * members if candidates is None else count(candidates, "candidates", low=2, high=MAX_CANDIDATES)
     if n_cand < members:
         raise UserError(f"candidates: expected at least members ({members}), got {n_cand}")
+    check_measure_sizes(calib_images, seed)
     return n_cand
 
 
@@ -154,10 +176,12 @@ def choose_family(net, predictor, tables: Mapping[str, Any], data, *, members: i
     """Propose candidates with the predictors, measure them here, keep the measured Pareto front of the
     first context (accuracy rises with latency), thinned to at most `members` spread in latency.
     `checkpoint` (a path or zoo:NAME) is recorded with its sha256 so the family can be reloaded alone."""
-    n_cand = check_family_sizes(members, candidates)
+    n_cand = check_family_sizes(members, candidates, calib_images, seed)
+    if not isinstance(tables, Mapping) or not tables:
+        raise UserError("tables: expected a non-empty {context: LatencyTable} mapping")
+    contexts = check_contexts(list(tables), "tables")  # measured here: local contexts only
     t_start = time.perf_counter()
     ck_name, ck_sha = checkpoint_ref(checkpoint)  # hashed before the work: the file may be replaced meanwhile
-    contexts = list(tables)
     proposal = propose_candidates(predictor, tables, n_cand, seed)
     measure_candidates(net, proposal.candidates, data, contexts, calib_images=calib_images, seed=seed,
                        progress=progress)

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts (contexts cpu:<N>t); default 1,2")
     add_checkpoint_arguments(p)
     p.add_argument("--cuda", choices=("auto", "yes", "no"), default="auto", help="also profile context 'cuda' (default: when present)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (written whole when the profile is done)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out (the whole folder)")
     p.add_argument("--runs", type=int, default=None,
                    help="timed runs per layer (default 1200 on ort, in bursts of 16; 300 on torch, one per turn)")
     p.add_argument("--warmup", type=int, default=10, help="warm-up runs per layer (default 10)")
@@ -62,25 +63,30 @@ def hold_pages() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fileio import write_json
-    from ..predict.fitting import profile_device
+    from ..fileio import output_dir, write_json
+    from ..predict.fitting import check_profile_options, profile_device
     from ..supernet.checkpoint import load_checkpoint
+    from ..validate import threads as check_threads
 
-    threads = parse_int_list(args.threads, "--threads")
+    threads = [check_threads(t, "threads") for t in parse_int_list(args.threads, "--threads")]
     res = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
     if args.backend == "ort" and args.cuda == "yes":
         raise UserError("--backend ort: ONNX Runtime times CPU contexts only; pass --cuda no, or --backend auto "
                         "(ort on the CPU, torch on CUDA)")
-    net, _ = load_checkpoint(args.checkpoint, args.preset)
     contexts = local_contexts(threads, "no" if args.backend == "ort" else args.cuda)
-    hold_pages()
+    options = dict(runs=args.runs, warmup=args.warmup, members=args.members, member_runs=args.member_runs,
+                   backend=args.backend)
+    check_profile_options(None, contexts, **options)  # every number before the checkpoint is read
+    net, _ = load_checkpoint(args.checkpoint, args.preset)
+    check_profile_options(net.space, contexts, res, **options)
     out = Path(args.out)
-    with progress_bar() as progress:
-        tables = profile_device(net, contexts, out, resolutions=res, runs=args.runs, warmup=args.warmup,
-                                members=args.members, member_runs=args.member_runs, backend=args.backend,
-                                checkpoint=str(args.checkpoint), progress=progress)
-    reports = {ctx: t.meta["report"] for ctx, t in tables.items()}
-    write_json(out / "profile.json", {"preset": net.space.name, "contexts": contexts, "reports": reports}, indent=1)
+    with output_dir(out, "profile", "profile.json", args.overwrite) as tmp:  # refuses a bad --out now
+        hold_pages()
+        with progress_bar() as progress:
+            tables = profile_device(net, contexts, tmp, resolutions=res, checkpoint=str(args.checkpoint),
+                                    progress=progress, **options)
+        reports = {ctx: t.meta["report"] for ctx, t in tables.items()}
+        write_json(tmp / "profile.json", {"preset": net.space.name, "contexts": contexts, "reports": reports}, indent=1)
     print(f"{'context':8s} {'members':>7s} {'MAPE raw':>9s} {'MAPE corr':>9s} {'tau raw':>8s} {'tau corr':>8s} {'range ms':>14s}")
     for ctx, r in reports.items():
         print(f"{ctx:8s} {r['members']:7d} {r['mape_raw']:8.1f}% {r['mape_corrected']:8.1f}% {r['tau_raw']:8.3f} "

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="architectures from the predicted front measured before choosing the family, besides the "
                         "space's smallest and largest members (default 3 x --members): the choice is made on "
                         "measurements, since the predictor's error is a few tenths of a point")
-    p.add_argument("--out", required=True, help="family directory to write")
+    p.add_argument("--out", required=True, help="family directory to write (whole, when the search is done)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier result in --out (the whole folder)")
     p.add_argument("--profile", help="profile directory from `dynadnn profile` (default: profile now into OUT/profile)")
     p.add_argument("--predictor", help="accuracy predictor directory (default: train one now into OUT/predictor)")
     p.add_argument("--samples", type=int, default=300, help="random members measured to train the predictor (default 300)")
@@ -43,77 +44,71 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _predictor(args, net, data, out: Path):
-    from ..predict.accuracy import AccuracyPredictor
+def _predictor(args, net, data, tmp: Path, out: Path):
     from ..predict.fitting import fit_accuracy_predictor
 
-    if args.predictor:
-        predictor = AccuracyPredictor.load(args.predictor, net.space, checkpoint=args.checkpoint)
-        return predictor, predictor.meta.get("fit", {})
-    print(f"training an accuracy predictor on {args.samples} BN-calibrated members (pass --predictor DIR to reuse one)")
+    print(f"training an accuracy predictor on {args.samples} BN-calibrated members into {out / 'predictor'}/ "
+          "(pass --predictor DIR to reuse one)")
     with progress_bar() as progress:
         predictor, report = fit_accuracy_predictor(net, data, args.samples, calib_images=args.calib_images,
                                                    eval_images=args.eval_images, seed=args.seed,
-                                                   out=out / "predictor", checkpoint=args.checkpoint,
+                                                   out=tmp / "predictor", checkpoint=args.checkpoint,
                                                    progress=progress)
     print(f"accuracy predictor: {report.model}, held-out RMSE {report.rmse:.2f} points, Kendall tau "
           f"{report.kendall_tau:.3f} (5-fold cross-validation over {report.n_test} measured members)")
     return predictor, report.to_dict()
 
 
-def _tables(args, net, contexts: list[str], out: Path):
+def _tables(args, net, contexts: list[str], tmp: Path, out: Path):
     from ..predict.fitting import profile_device
-    from ..predict.latency import load_tables
 
-    if args.profile:
-        return load_tables(args.profile, net.space, contexts, checkpoint=args.checkpoint), Path(args.profile)
     print(f"profiling this device into {out / 'profile'}/ (pass --profile DIR to reuse one)")
     with progress_bar() as progress:
-        tables = profile_device(net, contexts, out / "profile", warmup=5, members=60, checkpoint=str(args.checkpoint),
-                                progress=progress)
-    return tables, out / "profile"
+        return profile_device(net, contexts, tmp / "profile", warmup=5, members=60, checkpoint=str(args.checkpoint),
+                              progress=progress)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import dataset_of, load_dataset
-    from ..fileio import write_json
+    from ..fileio import output_dir, write_json
+    from ..predict.accuracy import AccuracyPredictor
     from ..predict.fitting import check_predictor_sizes
-    from ..predict.profiling import context_device
-    from ..selection import check_family_sizes, choose_family
+    from ..predict.latency import load_tables
+    from ..predict.profiling import check_contexts
+    from ..report import family_table
+    from ..selection import carry_inputs, check_family_sizes, choose_family
     from ..supernet.checkpoint import load_checkpoint
 
-    contexts = parse_names(args.contexts, "--contexts")
-    check_family_sizes(args.members, args.candidates)
+    contexts = check_contexts(parse_names(args.contexts, "--contexts"))  # measured here: local contexts only
+    check_family_sizes(args.members, args.candidates, args.calib_images, args.seed)
     if not args.predictor:
-        check_predictor_sizes(args.samples, args.eval_images)
-    for c in contexts:
-        context_device(c)  # only locally measurable contexts: the family is measured here
+        check_predictor_sizes(args.samples, args.eval_images, args.calib_images, args.seed)
     out = Path(args.out)
     net, meta = load_checkpoint(args.checkpoint, args.preset)
-    torch.manual_seed(args.seed)
-    tables, profile_dir = _tables(args, net, contexts, out)
+    tables = load_tables(args.profile, net.space, contexts, checkpoint=args.checkpoint) if args.profile else None
+    predictor = AccuracyPredictor.load(args.predictor, net.space, checkpoint=args.checkpoint) if args.predictor else None
     data_spec = args.data or dataset_of(meta, "animals")
     data = load_dataset(data_spec, image_size=max(net.space.resolutions), in_channels=net.space.in_channels)
-    predictor, fit = _predictor(args, net, data, out)
-    with progress_bar() as progress:
-        choice = choose_family(net, predictor, tables, data, members=args.members, candidates=args.candidates,
-                               calib_images=args.calib_images, seed=args.seed, checkpoint=str(args.checkpoint),
-                               provenance={"command": "dynadnn search", "dataset": data_spec,
-                                           "profile": str(profile_dir), "predictor_fit": fit},
-                               progress=progress)
-    fam = choice.family
-    fam.save(out)
-    print(f"{'#':>2s} {'arch':44s} {'top1 meas':>9s} {'pred':>6s} " + " ".join(f"{c + ' ms':>12s}" for c in contexts)
-          + f" {'MMACs':>7s}")
-    for i, m in enumerate(fam.members):
-        print(f"{i:2d} {m.arch.short()[:44]:44s} {m.top1_measured:9.2f} {m.top1_predicted:6.2f} "
-              + " ".join(f"{m.latency_ms[c]['median']:12.3f}" for c in contexts) + f" {m.macs / 1e6:7.2f}")
+    with output_dir(out, "family", "family.json", args.overwrite) as tmp:  # refuses a bad --out before the work
+        carry_inputs(out, tmp, [args.profile, args.predictor])  # inputs read from inside --out stay there
+        torch.manual_seed(args.seed)
+        tables = tables or _tables(args, net, contexts, tmp, out)
+        predictor, fit = (predictor, predictor.meta.get("fit", {})) if predictor else _predictor(args, net, data, tmp, out)
+        with progress_bar() as progress:
+            choice = choose_family(net, predictor, tables, data, members=args.members, candidates=args.candidates,
+                                   calib_images=args.calib_images, seed=args.seed, checkpoint=str(args.checkpoint),
+                                   provenance={"command": "dynadnn search", "dataset": data_spec,
+                                               "profile": str(args.profile or out / "profile"), "predictor_fit": fit},
+                                   progress=progress)
+        fam = choice.family
+        fam.save(tmp)
+        write_json(tmp / "search.json", {"predictor_fit": fit, "members": len(fam.members),
+                                         "candidates": len(choice.candidates), "dropped": len(choice.dropped),
+                                         "thinned": len(choice.thinned)}, indent=1)
+    print(family_table(fam))
     print(f"{len(choice.candidates)} candidates measured: {len(choice.dropped)} dominated by the measurements, "
           f"{len(choice.thinned)} more thinned out to keep at most {args.members}")
     print(f"family of {len(fam.members)} written to {out}/ (archive of {len(fam.archive)} non-dominated architectures)")
-    write_json(out / "search.json", {"predictor_fit": fit, "members": len(fam.members),
-                                     "candidates": len(choice.candidates), "dropped": len(choice.dropped),
-                                     "thinned": len(choice.thinned)}, indent=1)
     return 0

@@ -118,6 +118,11 @@ class AccuracyPredictor:
     def _from_state(cls, state: Any, space: SearchSpace, source: str, meta: dict[str, Any]) -> "AccuracyPredictor":
         if not isinstance(state, dict) or "0.weight" not in state:
             raise UserError(f"{source}: expected an MLP state dict with keys 0.weight, 0.bias, 2.weight, ...")
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise UserError(f"{source}: tensor '{key}': expected floating-point weights")
+            if not bool(torch.isfinite(value).all()):
+                raise UserError(f"{source}: tensor '{key}' holds NaN or infinite values")
         n_linear = len([k for k in state if k.endswith(".weight")])
         hidden = [int(state[f"{2 * i}.weight"].shape[0]) for i in range(n_linear - 1) if f"{2 * i}.weight" in state]
         model = build_mlp(space.encoding_size, hidden)
@@ -162,10 +167,12 @@ class AccuracyPredictor:
         if not meta_path.is_file() or not weights.is_file():
             raise UserError(f"'{directory}' is not an accuracy predictor (expected predictor.json and predictor.safetensors)")
         meta = read_json_object(meta_path, PREDICTOR_FORMAT)
+        _check_meta(meta, str(meta_path))
         space = resolve_space(meta, str(meta_path), space, "predictor")
+        if meta.get("encoding_size") is not None and meta["encoding_size"] != space.encoding_size:
+            raise UserError(f"{meta_path}: field 'encoding_size' is {meta['encoding_size']}, but its space encodes "
+                            f"architectures in {space.encoding_size} features")
         sha = meta.get("checkpoint_sha256") or ""
-        if not isinstance(sha, str):
-            raise UserError(f"{meta_path}: field 'checkpoint_sha256' must be a hex string or null, got {sha!r}")
         state = read_safetensors(weights)[0]
         keep = {k: v for k, v in meta.items() if k not in ("format", "preset", "space", "checkpoint_sha256",
                                                            "encoding_size", "hidden", "output")}
@@ -227,6 +234,25 @@ class AccuracyPredictor:
                            {n: round(t, 4) for n, (t, _) in results.items()} if len(results) > 1 else None)
         final = fit_fn(x, y, 0)
         return cls(space, hid, final, {"origin": "dynadnn", "fit": report.to_dict()}), report
+
+
+def _check_meta(meta: dict[str, Any], source: str) -> None:
+    """Types of predictor.json's fields (each optional): what `load` and the search read from it."""
+    from ..validate import count, field as check_field
+
+    for key, kind in (("checkpoint_sha256", str), ("encoding_size", int), ("hidden", list), ("fit", dict),
+                      ("samples", list), ("origin", str)):
+        if meta.get(key) is not None:
+            check_field(meta, key, kind, source)
+    if meta.get("encoding_size") is not None:
+        count(meta["encoding_size"], f"{source}: field 'encoding_size'", low=1)
+    for i, h in enumerate(meta.get("hidden") or []):
+        count(h, f"{source}: field 'hidden[{i}]'", low=1)
+    for key, value in (meta.get("fit") or {}).items():
+        if key in ("n_train", "n_test", "epochs"):
+            count(value, f"{source}: field 'fit.{key}'", low=0)
+        elif key in ("rmse", "kendall_tau"):
+            check_field(meta["fit"], key, float, f"{source}: field 'fit'")
 
 
 def _fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> nn.Sequential:

@@ -38,12 +38,7 @@ def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, 
     `checkpoint` (the path or zoo:NAME `net` came from) is recorded by its sha256. With `out`, each table is written to `out/<context>/` (Dynamic-OFA's format plus table.json). Runs
     default per backend (`predict.profiling.DEFAULT_RUNS`)."""
     space = net.space
-    res = list(resolutions or space.resolutions)
-    bad = [r for r in res if r not in space.resolutions]
-    if bad:
-        raise UserError(f"resolutions: {bad} not in space '{space.name}' ({list(space.resolutions)})")
-    if members < 10:
-        raise UserError(f"members: need at least 10 whole members to fit and check a correction, got {members}")
+    contexts, res = check_profile_options(space, contexts, resolutions, runs, warmup, members, member_runs, backend)
     sha = checkpoint_ref(checkpoint)[1]
     tables = {}
     onnx_cache: dict[str, bytes] = {}  # one export of each layer and member serves every thread count
@@ -78,12 +73,60 @@ def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, 
     return tables
 
 
-def check_predictor_sizes(samples: int, eval_images: int | None = None) -> None:
+MAX_RUNS = 100_000  # timed runs of one layer or member: more is a typo, and would run for days
+MAX_MEMBERS = 10_000  # members timed for the correction, or measured for the predictor
+
+
+def check_profile_options(space, contexts: Sequence[str], resolutions: Sequence[int] | None = None,
+                          runs: int | None = None, warmup: int = 10, members: int = 100,
+                          member_runs: int | None = None, backend: str = "auto") -> tuple[list[str], list[int]]:
+    """The checks `profile_device` makes first (callers may run them before other work): every option in
+    range, every context measurable here (`check_contexts`) and, with `space`, every resolution one of its
+    own. Returns (contexts, resolutions)."""
+    from ..validate import count
+    from .profiling import check_contexts, context_device, resolve_backend
+
+    if runs is not None:
+        count(runs, "runs", low=1, high=MAX_RUNS)
+    count(warmup, "warmup", low=0, high=MAX_RUNS)
+    if isinstance(members, int) and not isinstance(members, bool) and 0 <= members < 10:
+        raise UserError(f"members: need at least 10 whole members to fit and check a correction, got {members}")
+    count(members, "members", low=10, high=MAX_MEMBERS)
+    if member_runs is not None:
+        count(member_runs, "member_runs", low=1, high=MAX_RUNS)
+    contexts = check_contexts(contexts)
+    for ctx in contexts:
+        resolve_backend(backend, context_device(ctx)[0])
+    if space is None:  # the numbers and contexts only (the space comes with the checkpoint)
+        return contexts, []
+    if isinstance(resolutions, (str, bytes)) or (resolutions is not None and not isinstance(resolutions, Sequence)):
+        raise UserError(f"resolutions: expected a list of resolutions, got {resolutions!r}")
+    res = list(resolutions or space.resolutions)
+    bad = [r for r in res if isinstance(r, bool) or r not in space.resolutions]
+    if bad:
+        raise UserError(f"resolutions: {bad} not in space '{space.name}' ({list(space.resolutions)})")
+    return contexts, sorted(set(int(r) for r in res))
+
+
+def check_predictor_sizes(samples: int, eval_images: int | None = None, calib_images: int = 1000,
+                          seed: int = 0) -> None:
     """The checks `fit_accuracy_predictor` makes first (callers may run them before other long work)."""
-    if samples < MIN_PAIRS:
+    from ..validate import count
+
+    if isinstance(samples, int) and not isinstance(samples, bool) and samples < MIN_PAIRS:
         raise UserError(f"samples: the accuracy predictor needs at least {MIN_PAIRS} measured members, got {samples}")
-    if eval_images is not None and eval_images < 1:
-        raise UserError(f"eval_images: expected a positive number of test images, got {eval_images}")
+    count(samples, "samples", low=MIN_PAIRS, high=MAX_MEMBERS)
+    if eval_images is not None:
+        count(eval_images, "eval_images", low=1)
+    check_measure_sizes(calib_images, seed)
+
+
+def check_measure_sizes(calib_images: int, seed: int) -> None:
+    """BN calibration images (>= 1) and a seed every generator takes (0..2^32-1)."""
+    from ..validate import count
+
+    count(calib_images, "calib_images", low=1)
+    count(seed, "seed", low=0, high=2**32 - 1)
 
 
 def fit_accuracy_predictor(net, data, samples: int = 300, *, calib_images: int = 1000, eval_images: int | None = None,
@@ -93,7 +136,7 @@ def fit_accuracy_predictor(net, data, samples: int = 300, *, calib_images: int =
     BN-calibrated on `calib_images` training images, on the test split (its first `eval_images` when
     given), and fit an accuracy predictor on them. The measured members are kept in `predictor.meta`;
     `checkpoint` (the path or zoo:NAME `net` came from) is recorded by its sha256."""
-    check_predictor_sizes(samples, eval_images)
+    check_predictor_sizes(samples, eval_images, calib_images, seed)
     space = net.space
     rng = random.Random(seed)
     archs = [space.min_arch(), space.max_arch()] + [space.sample_sized(rng) for _ in range(samples - 2)]

@@ -164,12 +164,19 @@ class Correction:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "correction") -> "Correction":
-        try:
-            offsets = {int(k): float(v) for k, v in dict(d.get("offsets") or {}).items()}
-            return cls(float(d["a"]), float(d["b"]), float(d["c"]), offsets)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise UserError(f"{source}: expected an object with numbers a, b, c (and optionally offsets: "
-                            "{resolution: number})") from None
+        """Read `{"a", "b", "c"[, "offsets": {resolution: number}]}`: finite numbers, else a one-line error."""
+        from ..validate import field as check_field, number
+
+        if not isinstance(d, Mapping):
+            raise UserError(f"{source}: expected an object with numbers a, b, c, got {d!r:.60}")
+        a, b, c = (check_field(d, k, float, source) for k in ("a", "b", "c"))
+        raw = check_field(d, "offsets", dict, source, required=False) or {}
+        offsets = {}
+        for k, v in raw.items():
+            if not str(k).isdigit():
+                raise UserError(f"{source}: field 'offsets': expected resolutions as keys, got {k!r:.60}")
+            offsets[int(k)] = number(v, f"{source}: field 'offsets.{k}'")
+        return cls(a, b, c, offsets)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -217,11 +224,7 @@ class LatencyTable:
         if entry is None:
             raise UserError(f"{self.source}: latency table '{self.context}' at resolution {r} has no entry for "
                             f"layer '{layer.key}' (preset '{self.space.name}' needs it)")
-        try:
-            return float(entry["mean"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{self.source}: entry '{layer.key}' at resolution {r}: expected an object with a "
-                            f"numeric 'mean'") from None
+        return entry_mean(entry, f"{self.source}: resolution {r}: entry '{layer.key}'")
 
     # --- prediction -----------------------------------------------------------------------------
     def coding(self) -> GeneCoding:
@@ -321,7 +324,9 @@ class LatencyTable:
             m = re.fullmatch(r"(\d+)_lookup_table\.json", path.name)
             if not m:
                 continue
-            entries[int(m.group(1))] = read_json_object(path)
+            entries[int(m.group(1))] = doc = read_json_object(path)
+            for key, entry in doc.items():  # every entry, used by this space or not: the file is what is read
+                entry_mean(entry, f"{path}: entry '{key}'")
         if not entries:
             raise UserError(f"{directory}: no '<resolution>_lookup_table.json' files (expected Dynamic-OFA's layout)")
         correction, meta, sha = None, {}, ""
@@ -329,12 +334,11 @@ class LatencyTable:
         if meta_path.is_file():
             meta = _read_meta(meta_path)
             space = resolve_space(meta, str(meta_path), space, "latency table")
-            if meta.get("correction"):
+            if meta.get("correction") is not None:
                 correction = Correction.from_dict(meta["correction"], f"{meta_path}: field 'correction'")
-            context = meta.get("context", context)
-            sha = meta.pop("checkpoint_sha256", None) or ""
-            if not isinstance(sha, str):
-                raise UserError(f"{meta_path}: field 'checkpoint_sha256' must be a hex string or null, got {sha!r}")
+            context = _optional(meta, "context", str, meta_path) or context
+            sha = _optional(meta, "checkpoint_sha256", str, meta_path) or ""
+            meta.pop("checkpoint_sha256", None)
             meta.pop("space", None)
         elif space is None:
             raise UserError(f"{directory}: no {TABLE_META} describing the table's search space; pass the space it "
@@ -386,7 +390,27 @@ class LatencyTable:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    return read_json_object(path, TABLE_FORMAT)
+    meta = read_json_object(path, TABLE_FORMAT)
+    for key, kind in (("context", str), ("checkpoint_sha256", str), ("correction", dict), ("report", dict),
+                      ("backend", str), ("members", list), ("resolutions", list)):
+        _optional(meta, key, kind, path)
+    return meta
+
+
+def _optional(doc: Mapping[str, Any], key: str, kind: type, source: Path) -> Any:
+    """`doc[key]` of type `kind`, or None when missing or null."""
+    from ..validate import field as check_field
+
+    return None if doc.get(key) is None else check_field(doc, key, kind, str(source))
+
+
+def entry_mean(entry: Any, source: str) -> float:
+    """A layer's mean latency (ms) from its table entry `{"count", "mean", "std"}`: finite and >= 0."""
+    from ..validate import number
+
+    if not isinstance(entry, Mapping) or "mean" not in entry:
+        raise UserError(f"{source}: expected an object with a numeric 'mean' (ms), got {entry!r:.60}")
+    return number(entry["mean"], f"{source}: field 'mean'", low=0.0)
 
 
 def yaml_table_text(entries: Mapping[str, Mapping[str, float]]) -> str:

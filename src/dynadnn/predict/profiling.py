@@ -166,9 +166,9 @@ def resolve_backend(backend: str, device: str) -> str:
     if backend == "auto":
         return "torch" if device.startswith("cuda") else "ort"
     if backend not in BACKENDS:
-        raise UserError(f"backend '{backend}': expected auto, torch or ort")
+        raise UserError(f"backend: expected auto, torch or ort, got {backend!r}")
     if backend == "ort" and device != "cpu":
-        raise UserError(f"backend 'ort' profiles CPU contexts only, not {device}")
+        raise UserError(f"backend: 'ort' profiles CPU contexts only, not {device}")
     return backend
 
 
@@ -230,6 +230,31 @@ def context_device(context: str) -> tuple[str, int]:
     if context.startswith("cpu:") and context.endswith("t") and context[4:-1].isdigit() and int(context[4:-1]) > 0:
         return "cpu", int(context[4:-1])
     raise UserError(f"context '{context}' cannot be measured here: expected cpu:<N>t (e.g. cpu:1t) or cuda")
+
+
+def check_contexts(contexts: Sequence[str], name: str = "contexts") -> list[str]:
+    """Contexts this machine can measure, checked before any work: `cpu:<N>t` with N within the CPUs this
+    process may run on, `cuda` / `cuda:N` where such a device exists; no repeats. Errors start with `name`."""
+    from ..validate import device as check_device, threads as check_threads
+
+    if isinstance(contexts, str) or not isinstance(contexts, Sequence) or not contexts:
+        raise UserError(f"{name}: expected a non-empty list of contexts such as cpu:1t, got {contexts!r}")
+    out: list[str] = []
+    for ctx in contexts:
+        if not isinstance(ctx, str):
+            raise UserError(f"{name}: expected context names such as cpu:1t, got {ctx!r}")
+        try:
+            device, n = context_device(ctx)
+        except UserError as exc:
+            raise UserError(f"{name}: {exc}") from None
+        if device == "cpu":
+            check_threads(n, f"{name}: '{ctx}'")
+        else:
+            check_device(ctx, f"{name}: '{ctx}'")
+        if ctx in out:
+            raise UserError(f"{name}: context '{ctx}' is listed twice")
+        out.append(ctx)
+    return out
 
 
 def profile_layers(space: SearchSpace, context: str, resolutions: Sequence[int] | None = None,
