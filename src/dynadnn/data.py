@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import UserError
+from .validate import count
 
 SPLIT_SEED = 0  # the train/test split never depends on the training seed: every model sees the same test set
 TEST_FRACTION = 0.2
@@ -247,10 +248,20 @@ def load_digits() -> TensorData:
 # ----------------------------------------------------------------------------------------------------
 # Image folders (ImageNet layout), decoded on the fly
 # ----------------------------------------------------------------------------------------------------
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
+
+
 def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Classes (sorted sub-folder names) and (file, class) pairs; one-line errors for unusable folders."""
-    if not root.is_dir():
-        raise UserError(f"imagefolder:{root}: no such directory")
+    try:
+        is_dir = root.is_dir()
+    except OSError as exc:
+        raise UserError(f"imagefolder:{_shown(root)}: cannot read it ({exc.strerror or exc})") from None
+    if not is_dir:
+        what = "not a directory" if root.exists() else "no such directory"
+        raise UserError(f"imagefolder:{_shown(root)}: {what} (expected one folder of images per class)")
     try:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError as exc:
@@ -339,6 +350,26 @@ class _FolderItems(torch.utils.data.Dataset):
         return (x - self.mean) / self.std, label
 
 
+def _decodable(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
+
+
+def check_decodable(samples: list, source: str, tries: int = 16) -> None:
+    """Refuse a split none of whose images decodes (it would train on nothing): up to `tries` images spread
+    over it are decoded; some corrupt images among good ones are skipped later, with a warning."""
+    picks = sorted({i * len(samples) // tries for i in range(tries)} if len(samples) > tries else range(len(samples)))
+    if picks and not any(_decodable(samples[i][0]) for i in picks):
+        raise UserError(f"{source}: none of the {len(picks)} image(s) tried could be decoded (corrupt, or not "
+                        "images): nothing to train or evaluate on")
+
+
 def _collate(items):
     good = [it for it in items if it is not None]
     bad = len(items) - len(good)
@@ -422,7 +453,11 @@ class FolderData:
 def load_image_folder(path: str, image_size: int = 224, in_channels: int = 3, workers: int = 2) -> FolderData:
     """`PATH/train` and `PATH/val` if both exist (ImageNet), else one folder split 80/20 by the fixed seed."""
     root = Path(path).expanduser()
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    try:
+        split = (root / "train").is_dir() and (root / "val").is_dir()
+    except OSError as exc:
+        raise UserError(f"imagefolder:{_shown(root)}: cannot read it ({exc.strerror or exc})") from None
+    if split:
         classes, train = scan_image_folder(root / "train")
         val_classes, test = scan_image_folder(root / "val")
         if val_classes != classes:
@@ -431,6 +466,8 @@ def load_image_folder(path: str, image_size: int = 224, in_channels: int = 3, wo
         classes, samples = scan_image_folder(root)
         train_idx, test_idx = stratified_split(np.array([c for _, c in samples]))
         train, test = [samples[i] for i in train_idx], [samples[i] for i in test_idx]
+    check_decodable(train, f"imagefolder:{_shown(root)}: training split")
+    check_decodable(test, f"imagefolder:{_shown(root)}: test split")
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.5,), (0.25,))
     return FolderData(f"imagefolder:{root}", classes, train, test, image_size, in_channels, list(mean), list(std),
                       workers)
@@ -452,14 +489,24 @@ def dataset_of(meta: dict, default: str) -> str:
 def load_dataset(spec: str, image_size: int | None = None, in_channels: int | None = None,
                  workers: int = 2) -> TensorData | FolderData:
     """A dataset by spec: `animals`, `digits` or `imagefolder:PATH`. `image_size`/`in_channels` matter only
-    for image folders (the preset's largest resolution and its input channels)."""
+    for image folders (the preset's largest resolution and its input channels). An unknown spec is refused
+    as `data: ...` (the CLI's --data)."""
+    if not isinstance(spec, str):
+        raise UserError(f"data: expected a dataset name ({', '.join(DATASETS)}), got {spec!r}")
+    if image_size is not None:
+        count(image_size, "image_size", low=1, high=8192)
+    if in_channels is not None:
+        count(in_channels, "in_channels", low=1, high=64)
+    count(workers, "workers", low=0, high=64)
     if spec == "animals":
         return load_animals()
     if spec == "digits":
         return load_digits()
     if spec.startswith("imagefolder:"):
+        if not spec[len("imagefolder:"):]:
+            raise UserError("data: 'imagefolder:' names no folder: expected imagefolder:PATH")
         return load_image_folder(spec[len("imagefolder:"):], image_size or 224, in_channels or 3, workers)
-    raise UserError(f"unknown dataset '{spec}': expected one of {', '.join(DATASETS)}")
+    raise UserError(f"data: unknown dataset '{spec[:80]}': expected one of {', '.join(DATASETS)}")
 
 
 def resize_batch(x: Tensor, r: int) -> Tensor:

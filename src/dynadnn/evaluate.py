@@ -9,6 +9,7 @@ As OFA does, each member is evaluated after re-estimating its BN statistics on t
 from __future__ import annotations
 
 import random
+import re
 from typing import Mapping, Sequence
 
 import torch
@@ -18,6 +19,7 @@ from .data import resize_batch
 from .errors import UserError
 from .space import Arch, SearchSpace
 from .supernet import SuperNet
+from .validate import count
 
 
 def count_macs_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -98,31 +100,61 @@ def top1(net: SuperNet, arch: Arch, batches, bn_stats: Mapping[str, Tensor] | No
     return 100.0 * correct / n
 
 
-def parse_subnets(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[str, Arch]]:
-    """`max,min,random:20` (random members are seeded, at random resolutions) or a JSON arch."""
-    out: list[tuple[str, Arch]] = []
-    rng = random.Random(seed)
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        if part == "max":
-            out.append(("max", space.max_arch()))
-        elif part == "min":
-            out.append(("min", space.min_arch()))
+MAX_RANDOM = 1000  # random members one evaluation may ask for (each is calibrated and tested)
+
+
+def subnet_parts(subnets: str) -> list[tuple[str, int]]:
+    """The parts of a `--subnets` list, checked without a search space: [("max", 1), ("random", N), ...]."""
+    if not isinstance(subnets, str):
+        raise UserError(f"subnets: expected a comma list of max, min, random:N, got {subnets!r}")
+    parts: list[tuple[str, int]] = []
+    for part in [p.strip() for p in subnets.split(",") if p.strip()]:
+        if part in ("max", "min"):
+            parts.append((part, 1))
         elif part.startswith("random:"):
-            try:
-                n = int(part[7:])
-            except ValueError:
-                raise UserError(f"--subnets: '{part}': expected random:N with an integer N") from None
-            out += [(f"random{i}", space.sample(rng)) for i in range(n)]
+            n = part[7:].strip()
+            if not re.fullmatch(r"[+-]?[0-9]+", n):
+                raise UserError(f"subnets: '{part[:40]}': expected random:N with an integer N")
+            parts.append(("random", count(int(n), f"subnets: '{part}': N", low=1, high=MAX_RANDOM)))
         else:
-            raise UserError(f"--subnets: '{part}': expected max, min or random:N")
-    if not out:
-        raise UserError("--subnets: empty (expected e.g. max,min,random:20)")
+            raise UserError(f"subnets: '{part[:40]}': expected max, min or random:N")
+    if not parts:
+        raise UserError("subnets: empty (expected e.g. max,min,random:20)")
+    return parts
+
+
+def parse_subnets(spec: str, space: SearchSpace, seed: int = 0) -> list[tuple[str, Arch]]:
+    """`max,min,random:20`: the members named, random ones seeded by `seed`, at random resolutions."""
+    parts = subnet_parts(spec)
+    rng = random.Random(count(seed, "seed", low=0))
+    out: list[tuple[str, Arch]] = []
+    for kind, n in parts:
+        if kind == "max":
+            out.append(("max", space.max_arch()))
+        elif kind == "min":
+            out.append(("min", space.min_arch()))
+        else:
+            first = sum(1 for name, _ in out if name.startswith("random"))
+            out += [(f"random{first + i}", space.sample(rng)) for i in range(n)]
     return out
+
+
+def check_data_fits(net: SuperNet, data) -> None:
+    """Refuse data whose channels or classes differ from the network's (one line naming both)."""
+    space = net.space
+    if data.n_classes != space.n_classes or data.in_channels != space.in_channels:
+        raise UserError(f"data: {getattr(data, 'name', 'the data set')}: {data.in_channels} channel(s) and "
+                        f"{data.n_classes} classes; the network expects {space.in_channels} and {space.n_classes}")
 
 
 def evaluate_members(net: SuperNet, data, members: list[tuple[str, Arch]], calibrate_bn: bool = True,
                      n_calib: int = 2000, with_cost: bool = False, progress=None) -> list[dict]:
     """One row per member: name, arch (dict), top1 (%), and with `with_cost` its MACs and parameters."""
+    if calibrate_bn:
+        count(n_calib, "calib_images", low=1, high=10_000_000)
+    if not members:
+        raise UserError("subnets: no members to evaluate")
+    check_data_fits(net, data)
     rows = []
     test = list(data.test_batches())
     for name, arch in members:

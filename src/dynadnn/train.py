@@ -20,9 +20,14 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,9 +40,16 @@ from torch import Tensor
 
 from .data import load_dataset, resize_batch
 from .errors import CheckpointError, UserError
-from .fileio import atomic_write, read_safetensors
+from .fileio import _oserror, _replace_dir, atomic_write, read_safetensors
 from .space import Arch, SearchSpace, load_space
 from .supernet import SuperNet, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from .supernet.checkpoint import resolve_checkpoint_path
+from .validate import MAX_SECONDS, count, number
+from .validate import device as check_device
+
+MAX_EPOCHS = 100_000  # more is a typo: a run that would not end
+MAX_STEPS = 1_000_000_000
+MAX_RANDOM_MEMBERS = 64  # random members per step besides max and min (each costs a forward/backward)
 
 
 @dataclass
@@ -64,6 +76,41 @@ class Recipe:
     micro_batches: int = 1  # split each batch, accumulate gradients (memory; or to mirror per-rank BN of DDP)
     init: str | None = None  # start from this checkpoint's weights (fine-tuning), not from random ones
     shared_resolution: bool = False  # all members of a step at one r (OFA) instead of max at largest, min at smallest
+
+    def __post_init__(self) -> None:
+        self.validate(need_budget=False)
+
+    def validate(self, need_budget: bool = True) -> "Recipe":
+        """Check every field (type, range, finiteness); a one-line `UserError` naming the field (`lr: ...`),
+        which the CLI shows as its flag (`--lr: ...`). `need_budget`: one of steps, epochs, minutes is set."""
+        for name in ("preset", "data"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UserError(f"{name}: expected a non-empty string, got {getattr(self, name)!r}")
+        count(self.seed, "seed", low=0, high=2**31 - 1)
+        count(self.batch_size, "batch_size", low=1, high=1_000_000)
+        count(self.micro_batches, "micro_batches", low=1, high=self.batch_size)
+        count(self.n_random, "n_random", low=0, high=MAX_RANDOM_MEMBERS)
+        number(self.lr, "lr", low=0, low_open=True, high=10)
+        number(self.momentum, "momentum", low=0, high=1, high_open=True)
+        number(self.weight_decay, "weight_decay", low=0, high=1, high_open=True)
+        number(self.label_smoothing, "label_smoothing", low=0, high=1)
+        number(self.warmup_epochs, "warmup_epochs", low=0, high=MAX_EPOCHS)
+        if self.dropout is not None:
+            number(self.dropout, "dropout", low=0, high=1, high_open=True)
+        if self.epochs is not None:
+            number(self.epochs, "epochs", low=0, low_open=True, high=MAX_EPOCHS)
+        if self.minutes is not None:
+            number(self.minutes, "minutes", low=0, low_open=True, high=MAX_SECONDS / 60)
+        if self.steps is not None:
+            count(self.steps, "steps", low=1, high=MAX_STEPS)
+        for name in ("augment", "sandwich", "channels_last", "shared_resolution"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise UserError(f"init: expected a checkpoint path, got {self.init!r}")
+        if need_budget and self.steps is None and self.epochs is None and self.minutes is None:
+            raise UserError("give a budget: --minutes, --epochs or --steps")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,7 +209,10 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int)
     if not path.is_file():
         warnings.warn(f"{path}: missing; resuming with fresh optimizer momentum", stacklevel=2)
         return False
-    saved = int(read_safetensors(path, CheckpointError, tensors=False)[1].get("step", -1))
+    raw = read_safetensors(path, CheckpointError, tensors=False)[1].get("step", "-1")
+    if not raw.lstrip("-").isdigit():
+        raise CheckpointError(f"{path}: metadata field 'step': expected an integer, got {raw[:40]!r}")
+    saved = int(raw)
     if saved != step:
         warnings.warn(f"{path}: is from step {saved}, the checkpoint from {step}; fresh momentum", stacklevel=2)
         return False
@@ -170,18 +220,66 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int)
     for gi, group in enumerate(optimizer.param_groups):
         for pi, p in enumerate(group["params"]):
             buf = tensors.get(f"momentum.{gi}.{pi}")
+            if buf is not None and tuple(buf.shape) != tuple(p.shape):
+                raise CheckpointError(f"{path}: 'momentum.{gi}.{pi}' has shape {list(buf.shape)}, the parameter "
+                                      f"{list(p.shape)}")
             if buf is not None:
-                optimizer.state[p]["momentum_buffer"] = buf.to(p.device).clone()
+                optimizer.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype).clone()
     return True
 
 
-def check_writable(out: Path) -> None:
+RUN_FILES = ("final.safetensors", "last.safetensors")  # what marks a folder as holding a training run
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
+
+
+def check_out(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse an `out` that cannot take this run, before any work (this creates nothing): a file, a folder
+    already holding a run or other files (unless `overwrite`), no checkpoint to `resume`, no write access."""
+    if resume and overwrite:
+        raise UserError("overwrite: cannot be combined with --resume (continue the run, or replace it)")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"out: {_shown(out)} exists and is not a directory (expected a folder for the run)")
+        if resume and not (out / "last.safetensors").is_file():
+            raise UserError(f"resume: no checkpoint to continue at {_shown(out / 'last.safetensors')}")
+        busy = out.is_dir() and any(out.iterdir())
+        if busy and not resume and not overwrite:
+            held = "a training run" if any((out / n).is_file() for n in RUN_FILES) else "other files"
+            raise UserError(f"out: {_shown(out)} already holds {held}; pass --resume to continue it, --overwrite "
+                            "to replace the folder, or choose a new one")
+        here = out if resume or not busy else out.parent
+        anchor = next(p for p in [here, *here.parents] if p.exists())
+        if not anchor.is_dir():
+            raise UserError(f"out: {_shown(anchor)} is not a directory")
+        if not os.access(anchor, os.W_OK | os.X_OK):
+            raise UserError(f"out: {_shown(anchor)} is not writable")
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the directory ({exc.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out}: directory is not writable")
+        raise UserError("out: " + _oserror(out, exc, "use it as the output folder")) from None
+
+
+def check_writable(out: Path) -> None:
+    """Kept for callers: `check_out` without resume or overwrite."""
+    check_out(Path(out))
+
+
+def _make_out(out: Path, resume: bool, overwrite: bool) -> tuple[Path, Path | None, bool]:
+    """(the folder to write into, the folder it replaces at the first checkpoint or None, whether created).
+    An overwrite writes into a fresh folder beside `out`, swapped in whole when its first checkpoint exists."""
+    try:
+        if not resume and overwrite and out.is_dir() and any(out.iterdir()):
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:32]}.", suffix=".partial", dir=out.parent))
+            return staging, out, True
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+        return out, None, created
+    except OSError as exc:
+        raise UserError("out: " + _oserror(out, exc, "write the training run here")) from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -219,6 +317,9 @@ class _Run:
     losses: list[float] = field(default_factory=list)
     bar: Any = None  # a rich Progress on rank 0, or None
     task: Any = None
+    replaces: Path | None = None  # an overwrite: `out` is a fresh folder that replaces this one at the first save
+    created: bool = False  # `out` was made by this run
+    saved_step: int = -1  # the step of the newest checkpoint in `out`
 
     @property
     def per_rank(self) -> int:
@@ -242,54 +343,97 @@ class _Run:
         path = self.out / name
         save_training_state(state_path(path), self.optimizer, step)
         save_checkpoint(self.net, path, self.meta(step, metrics))
+        self.saved_step = step
+        if self.replaces is not None:  # the first checkpoint of an overwrite: the new folder replaces the old
+            _replace_dir(self.out, self.replaces, UserError)
+            self.out, self.replaces = self.replaces, None
+            path = self.out / name
         return path
 
+    def discard(self) -> None:
+        """After a failure: remove what this run made that holds no checkpoint (an overwrite's new folder, an
+        `out` it created that is still empty); an earlier run in `out` stays as it was."""
+        if self.out is None or self.rank != 0:
+            return
+        if self.replaces is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+        elif self.created and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
 
-def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, checkpoint_every: int = 200,
-          evaluate_at_end: bool = True, progress: bool = True, command: str | None = None,
-          net: SuperNet | None = None, data=None, device: str = "cpu",
+    def save_interrupted(self) -> None:
+        """On Ctrl-C: a checkpoint of the steps done since the last one (atomic), so that resume continues."""
+        if self.out is None or self.rank != 0 or self.step <= max(0, self.saved_step):
+            return
+        path = self.save(self.step, {"train_loss": _recent_loss(self.losses)})
+        print(f"interrupted at step {self.step}: wrote {path}; continue with --resume", file=sys.stderr, flush=True)
+
+
+def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, overwrite: bool = False,
+          checkpoint_every: int = 200, evaluate_at_end: bool = True, progress: bool = True,
+          command: str | None = None, net: SuperNet | None = None, data=None, device: str = "cpu",
           on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a super-network by the sandwich rule. Writes `out/last.safetensors` every `checkpoint_every`
-    steps and at the end (and `out/final.safetensors`), each with `out/<name>.train-state.safetensors`."""
-    run = _start_run(recipe, out, resume=resume, command=command, net=net, data=data, device=device)
-    _start_progress(run, progress and run.rank == 0)
+    steps and at the end (and `out/final.safetensors`), each with `out/<name>.train-state.safetensors`.
+
+    Every argument is checked before any work (one-line `UserError`s naming the parameter). `out` must be
+    new or empty, unless `resume` (continue from its last.safetensors) or `overwrite`: the new run then writes
+    into a fresh folder beside `out` that replaces it whole once the new run's first checkpoint exists, so an
+    interrupted overwrite leaves either the old run or the new one, never a mix. Ctrl-C (KeyboardInterrupt)
+    at any step writes a checkpoint of the steps done, so that `resume` continues, then propagates."""
+    recipe.validate()
+    count(checkpoint_every, "checkpoint_every", low=0)
+    device = check_device(device, "device")
+    if out is not None:
+        check_out(Path(out), resume, overwrite)
+    run = _start_run(recipe, out, resume=resume, overwrite=overwrite, command=command, net=net, data=data,
+                     device=device)
     try:
-        _loop(run, checkpoint_every, on_step)
-    finally:
-        if run.bar:
-            run.bar.stop()
-    seconds = time.perf_counter() - run.t0
-    metrics = _final_metrics(run, seconds, evaluate_at_end)
-    path = None
-    if run.out is not None and run.rank == 0:
-        path = run.save(run.step, metrics)
-        run.save(run.step, metrics, "final.safetensors")
+        _start_progress(run, progress and run.rank == 0)
+        try:
+            _loop(run, checkpoint_every, on_step)
+        finally:
+            if run.bar:
+                run.bar.stop()
+        seconds = time.perf_counter() - run.t0
+        metrics = _final_metrics(run, seconds, evaluate_at_end)
+        path = None
+        if run.out is not None and run.rank == 0:
+            path = run.save(run.step, metrics)
+            run.save(run.step, metrics, "final.safetensors")
+    except KeyboardInterrupt:
+        run.save_interrupted()
+        run.discard()
+        raise
+    except BaseException:
+        run.discard()
+        raise
     return TrainResult(run.step, run.images, seconds, run.images / max(1e-9, seconds), run.last_loss, metrics, path)
 
 
 # --- set-up and resume ------------------------------------------------------------------------------
-def _start_run(recipe: Recipe, out: str | Path | None, *, resume: bool, command: str | None,
+def _start_run(recipe: Recipe, out: str | Path | None, *, resume: bool, overwrite: bool, command: str | None,
                net: SuperNet | None, data, device: str) -> _Run:
-    """Check the request, build (or resume) the network, the data, the loss module and the optimizer."""
+    """Check the request, build (or resume) the network, the data, the loss module and the optimizer; make
+    the output folder last, once everything else has been accepted."""
     rank, world = _dist()
     space = load_space(recipe.preset)
     if recipe.dropout is not None:
         space = SearchSpace(**{**space.__dict__, "dropout": recipe.dropout})
     if recipe.batch_size % (world * recipe.micro_batches):
-        raise UserError(f"--batch-size {recipe.batch_size}: must be divisible by {world} rank(s) x "
+        raise UserError(f"batch_size: {recipe.batch_size} must be divisible by {world} rank(s) x "
                         f"{recipe.micro_batches} micro-batch(es)")
+    if recipe.init and net is None and not resume:
+        resolve_checkpoint_path(recipe.init)  # a missing file is refused before the data is loaded
     out = Path(out) if out is not None else None
-    if out is not None and rank == 0:
-        check_writable(out)
     start_step, spent_before = 0, 0.0
     ckpt = out / "last.safetensors" if out is not None else None
     if resume:
         net, start_step, spent_before = _resume(ckpt, recipe, space, rank)
-    net, data = _net_and_data(recipe, space, net, data, device)
-    steps_per_epoch = data.n_train // recipe.batch_size
+    data = data or load_dataset(recipe.data, image_size=max(space.resolutions), in_channels=space.in_channels)
+    steps_per_epoch = _check_data(recipe, space, data, world)
+    net = _place_net(recipe, space, net, device)
     warmup = _fix_budget(recipe, steps_per_epoch)
-    module = SandwichLoss(net, recipe.label_smoothing, recipe.channels_last)
-    model = module
+    model = module = SandwichLoss(net, recipe.label_smoothing, recipe.channels_last)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(module, find_unused_parameters=True, bucket_cap_mb=256,
                                                     device_ids=None if device == "cpu" else [torch.device(device).index])
@@ -297,9 +441,13 @@ def _start_run(recipe: Recipe, out: str | Path | None, *, resume: bool, command:
                                 nesterov=True)
     if resume:
         load_training_state(state_path(ckpt), optimizer, start_step)
+    replaces, created = None, False
+    if out is not None and rank == 0:
+        out, replaces, created = _make_out(out, resume, overwrite)
     budget_s = recipe.minutes * 60 if recipe.minutes and recipe.steps is None else None
     return _Run(recipe, space, net, data, model, optimizer, out, command, device, rank, world, steps_per_epoch,
-                warmup, step=start_step, spent_before=spent_before, budget_s=budget_s, t0=time.perf_counter())
+                warmup, step=start_step, spent_before=spent_before, budget_s=budget_s, t0=time.perf_counter(),
+                replaces=replaces, created=created, saved_step=start_step if resume else -1)
 
 
 def _resume(ckpt: Path | None, recipe: Recipe, space: SearchSpace, rank: int) -> tuple[SuperNet, int, float]:
@@ -313,30 +461,43 @@ def _resume(ckpt: Path | None, recipe: Recipe, space: SearchSpace, rank: int) ->
     net, _ = load_checkpoint(ckpt)
     if recipe.dropout is not None:
         net.space = space
-    start_step = int(saved_meta.get("steps", 0))
-    saved = saved_meta.get("recipe", {})
-    if saved.get("steps"):
-        recipe.steps = int(saved["steps"])  # keep the schedule of the interrupted run
-    spent_before = float(saved_meta.get("train_seconds", 0.0))
+    start_step = count(saved_meta.get("steps", 0), f"{ckpt}: metadata field 'steps'", error=CheckpointError)
+    saved = saved_meta.get("recipe") or {}
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{ckpt}: metadata field 'recipe': expected an object, got {type(saved).__name__}")
+    if saved.get("steps") is not None:  # keep the schedule of the interrupted run
+        recipe.steps = count(saved["steps"], f"{ckpt}: metadata field 'recipe.steps'", low=1, high=MAX_STEPS,
+                             error=CheckpointError)
+    spent_before = number(saved_meta.get("train_seconds", 0.0), f"{ckpt}: metadata field 'train_seconds'",
+                          low=0, error=CheckpointError)
     if rank == 0:
         print(f"resuming {ckpt} from step {start_step}", flush=True)
     return net, start_step, spent_before
 
 
-def _net_and_data(recipe: Recipe, space: SearchSpace, net: SuperNet | None, data, device: str):
-    """The network (given, resumed, from --init, or seeded) on `device` in train mode, and the data set."""
+def _check_data(recipe: Recipe, space: SearchSpace, data, world: int) -> int:
+    """Refuse data the network cannot take (channels, classes) or too little of it for one batch; return
+    the steps per epoch."""
+    if data.in_channels != space.in_channels or data.n_classes != space.n_classes:
+        raise UserError(f"data: {recipe.data}: {data.in_channels} channel(s) and {data.n_classes} classes, but "
+                        f"preset '{space.name}' expects {space.in_channels} and {space.n_classes}")
+    steps_per_epoch = data.n_train // recipe.batch_size
+    if steps_per_epoch < 1:
+        raise UserError(f"batch_size: {recipe.batch_size} is more than the {data.n_train} training images of "
+                        f"{recipe.data}")
+    return steps_per_epoch
+
+
+def _place_net(recipe: Recipe, space: SearchSpace, net: SuperNet | None, device: str) -> SuperNet:
+    """The network (given, resumed, from --init, or seeded) on `device` in train mode."""
     if net is None and recipe.init:
         net = _initial_net(recipe.init, space)
     net = net or _seeded_net(space, recipe.seed)
-    data = data or load_dataset(recipe.data, image_size=max(space.resolutions), in_channels=space.in_channels)
-    if data.in_channels != space.in_channels or data.n_classes != space.n_classes:
-        raise UserError(f"--data {recipe.data}: {data.in_channels} channel(s) and {data.n_classes} classes, but preset "
-                        f"'{space.name}' expects {space.in_channels} and {space.n_classes}")
     net.to(device)
     if recipe.channels_last:
         net.to(memory_format=torch.channels_last)
     net.train()
-    return net, data
+    return net
 
 
 def _fix_budget(recipe: Recipe, steps_per_epoch: int) -> int:
@@ -353,6 +514,7 @@ def _loop(run: _Run, checkpoint_every: int, on_step: Callable[[int, float], None
     """Epoch after epoch, one sandwich step per batch, until the step count or the time budget is reached."""
     epoch = run.step // run.steps_per_epoch
     while True:
+        steps_before = run.step
         for x, y in _epoch_batches(run, epoch):
             schedule = _schedule(run)
             if schedule is None:
@@ -365,6 +527,9 @@ def _loop(run: _Run, checkpoint_every: int, on_step: Callable[[int, float], None
             if _checkpoint_due(run, checkpoint_every):
                 run.save(run.step, {"train_loss": _recent_loss(run.losses)})
                 run.net.train()
+        if run.step == steps_before:  # every image of the epoch was unreadable: it would loop for ever
+            raise UserError(f"data: {run.recipe.data}: an epoch gave no usable batch "
+                            f"({getattr(run.data, 'skipped', 0)} image(s) skipped as corrupt or unreadable)")
         epoch += 1
 
 
@@ -373,7 +538,7 @@ def _epoch_batches(run: _Run, epoch: int):
     gen = torch.Generator().manual_seed(run.recipe.seed * 7919 + epoch)
     batches = run.data.train_batches(run.per_rank, gen, run.recipe.augment, shard=(run.rank, run.world))
     for _ in range(run.step - epoch * run.steps_per_epoch):  # resumed mid-epoch: replay the order, skip work
-        next(batches)
+        next(batches, None)
     return batches
 
 
@@ -407,12 +572,29 @@ def _sandwich_step(run: _Run, x: Tensor, y: Tensor, lr: float) -> float:
         part, _ = run.model(xm, ym, members)
         (part / recipe.micro_batches).backward()
         loss = loss + part.detach() / recipe.micro_batches
-    optimizer.step()
-    run.step += 1
-    run.images += x.shape[0] * run.world
-    run.last_loss = float(loss.detach())
-    run.losses.append(run.last_loss)
+    with _ctrl_c_held():  # the weights and the step count change together: a checkpoint never sees half
+        optimizer.step()
+        run.step += 1
+        run.images += x.shape[0] * run.world
+        run.last_loss = float(loss.detach())
+        run.losses.append(run.last_loss)
     return run.last_loss
+
+
+@contextmanager
+def _ctrl_c_held():
+    """Hold SIGINT back for the block, then deliver it (to the handler there was) once the block is done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if caught and callable(old):
+            old(signal.SIGINT, None)
 
 
 def _checkpoint_due(run: _Run, every: int) -> bool:

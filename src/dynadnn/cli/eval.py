@@ -3,12 +3,18 @@
 Evaluate members of a super-network on the test split. Each member's BatchNorm statistics are re-estimated on
 training images first (as OFA does): the shared running statistics belong to no single member. --no-calibrate
 shows what happens without it.
+
+CHECKPOINT may also be a training folder (`dynadnn train --out DIR`): it stands for DIR/final.safetensors, or
+DIR/last.safetensors for an interrupted run. Every option is checked before the checkpoint or the data is
+loaded. eval writes no file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from .. import validate
 from .common import add_checkpoint_arguments, add_command
 
 
@@ -23,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the random members")
     p.add_argument("--calib-images", type=int, default=2000, help="training images for BN calibration (2000)")
     p.add_argument("--no-calibrate", action="store_true", help="use the shared running statistics")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads, at most the CPUs this process may use")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.set_defaults(func=run)
 
@@ -35,20 +42,22 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset
     from ..errors import UserError
-    from ..evaluate import evaluate_members, parse_subnets
+    from ..evaluate import check_data_fits, evaluate_members, parse_subnets, subnet_parts
     from ..supernet import load_checkpoint
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = None if args.threads is None else validate.threads(args.threads, "threads")
+    validate.count(args.calib_images, "calib_images", low=1, high=10_000_000)
+    validate.count(args.seed, "seed", low=0)
+    subnet_parts(args.subnets)
+    if threads is not None:
+        torch.set_num_threads(threads)
     net, meta = load_checkpoint(args.checkpoint, args.preset)
     spec = args.data or meta.get("data")
     if not spec:
         raise UserError(f"{args.checkpoint}: no dataset in its metadata; pass --data")
     space = net.space
     data = load_dataset(spec, image_size=max(space.resolutions), in_channels=space.in_channels)
-    if data.n_classes != space.n_classes or data.in_channels != space.in_channels:
-        raise UserError(f"--data {spec}: {data.in_channels} channel(s), {data.n_classes} classes; the checkpoint "
-                        f"expects {space.in_channels} and {space.n_classes}")
+    check_data_fits(net, data)
     members = parse_subnets(args.subnets, space, args.seed)
     console = Console(stderr=args.json)
     with console.status(f"evaluating {len(members)} member(s)") as status:

@@ -4,6 +4,11 @@ Train a weight-sharing super-network so that every member works: each step train
 and the min member plus N random members on the max member's soft outputs. SGD-Nesterov, cosine schedule with
 warm-up, channels-last. Writes OUT/last.safetensors every --checkpoint-every steps (atomically) and
 OUT/final.safetensors at the end.
+
+Every option is checked before any work. --out must be a new or empty folder, unless --resume (continue the
+run there) or --overwrite: the new run then trains into a fresh folder beside OUT that replaces OUT whole
+when the new run writes its first checkpoint, so OUT holds the old run or the new one, never a mix. Ctrl-C
+writes a checkpoint of the steps done (whatever the step) that --resume continues, and exits 130.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 
+from .. import validate
 from ..errors import UserError
 from .common import add_command
 
@@ -53,31 +60,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="start from this checkpoint's weights (.safetensors, OFA .pth or zoo:NAME), e.g. to "
                                    "fine-tune a shipped model with a different recipe; the preset must match")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads, at most the CPUs this process may use (default: torch's)")
     p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda under torchrun if available)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run (or other files) already in OUT: the old folder is replaced whole once the "
+                        "new run's first checkpoint is written (Ctrl-C before that keeps the old run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the calibrated test of max/min at the end")
     p.set_defaults(func=run)
 
 
+def _recipe(args: argparse.Namespace):
+    """The run's Recipe from the flags, every value checked (nothing is loaded or started yet)."""
+    from ..train import Recipe
+
+    if args.minutes is None and args.epochs is None and args.steps is None:
+        raise UserError("give a budget: --minutes, --epochs or --steps")
+    if args.n_random is None:
+        args.n_random = 0 if args.minutes is not None and args.minutes < 10 else 1
+    if args.augment is None:
+        args.augment = not ((args.minutes is not None and args.minutes < 10) or
+                            (args.epochs is not None and args.epochs < 3))
+    return Recipe(preset=args.preset, data=args.data, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                  weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, n_random=args.n_random,
+                  warmup_epochs=args.warmup_epochs, epochs=args.epochs, minutes=args.minutes, steps=args.steps,
+                  augment=args.augment, sandwich=not args.no_sandwich, dropout=args.dropout,
+                  micro_batches=args.micro_batches, init=args.init,
+                  shared_resolution=args.shared_resolution).validate()
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..train import Recipe, train
+    from ..train import check_out, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if not (args.minutes or args.epochs or args.steps):
-        raise UserError("give a budget: --minutes, --epochs or --steps")
-    if args.n_random is None:
-        args.n_random = 0 if args.minutes and args.minutes < 10 else 1
-    if args.augment is None:
-        args.augment = not ((args.minutes and args.minutes < 10) or (args.epochs and args.epochs < 3))
-    for name in ("batch_size", "n_random", "checkpoint_every", "micro_batches"):
-        if getattr(args, name) < (1 if name in ("batch_size", "micro_batches") else 0):
-            raise UserError(f"--{name.replace('_', '-')}: expected a positive number, got {getattr(args, name)}")
+    threads = None if args.threads is None else validate.threads(args.threads, "threads")
+    recipe = _recipe(args)
+    validate.count(args.checkpoint_every, "checkpoint_every", low=0)
+    if args.device is not None:
+        validate.device(args.device, "device")
+    check_out(Path(args.out), args.resume, args.overwrite)  # before torch.distributed starts
+    if threads is not None:
+        torch.set_num_threads(threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = args.device or ("cuda" if distributed and torch.cuda.is_available() else "cpu")
     if distributed:
@@ -86,17 +113,12 @@ def run(args: argparse.Namespace) -> int:
         if device.startswith("cuda"):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(device)
-    recipe = Recipe(preset=args.preset, data=args.data, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, n_random=args.n_random,
-                    warmup_epochs=args.warmup_epochs, epochs=args.epochs, minutes=args.minutes, steps=args.steps,
-                    augment=args.augment, sandwich=not args.no_sandwich, dropout=args.dropout,
-                    micro_batches=args.micro_batches, init=args.init,
-                    shared_resolution=args.shared_resolution)
     command = "dynadnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("dynadnn") \
         else " ".join(shlex.quote(a) for a in ["dynadnn"] + sys.argv[sys.argv.index("train"):]) \
         if "train" in sys.argv else "dynadnn train"
     try:
-        result = train(recipe, args.out, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        result = train(recipe, args.out, resume=args.resume, overwrite=args.overwrite,
+                       checkpoint_every=args.checkpoint_every,
                        progress=not args.no_progress, command=command, device=device,
                        evaluate_at_end=not args.no_eval)
     finally:

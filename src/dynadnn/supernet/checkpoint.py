@@ -23,9 +23,10 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..fileio import atomic_write, parse_json, read_safetensors, resolve_scheme
 from ..space import SearchSpace, list_presets, load_space
+from ..validate import field, number
 from .network import SuperNet
 
 FORMAT = "dynadnn.checkpoint/1"
@@ -167,16 +168,46 @@ def _read_torch(path: Path) -> Any:
                               f"{type(exc).__name__}{': ' + detail if detail else ''})") from None
 
 
+def _head(path: Path, n: int) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"{_shown(path)}: cannot read it ({exc.strerror or exc})") from None
+
+
 def _looks_like_pickle(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(2)
+    head = _head(path, 2)
     return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(9)
+    head = _head(path, 9)
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _shown(path: Path | str) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
+
+
+# The metadata fields this package writes, and their JSON types: a field of another type is refused when read.
+_META_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (str,), "preset": (str,), "space": (dict,), "data": (str,), "dataset": (dict, str),
+    "recipe": (dict,), "seed": (int,), "steps": (int,), "metrics": (dict,), "command": (str,),
+    "world_size": (int,), "norm": (dict,), "train_seconds": (float,), "source": (str,),
+}
+
+
+def check_meta(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    """Refuse checkpoint metadata whose known fields have the wrong JSON type (`space: 5`), or a negative
+    step count or training time: one line naming the file and the field."""
+    for key, kinds in _META_FIELDS.items():
+        field(doc, key, kinds, source, required=False, error=CheckpointError)
+    for key in ("steps", "world_size", "train_seconds"):
+        if key in doc:
+            number(doc[key], f"{source}: field '{key}'", low=0, error=CheckpointError)
+    return doc
 
 
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
@@ -190,18 +221,34 @@ def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     doc = parse_json(raw, f"{path}: metadata field 'dynadnn'", CheckpointError)
     if not isinstance(doc, dict):
         raise CheckpointError(f"{path}: metadata field 'dynadnn' must be a JSON object, got {type(doc).__name__}")
-    return doc
+    return check_meta(doc, f"{_shown(path)}: metadata")
+
+
+RUN_CHECKPOINTS = ("final.safetensors", "last.safetensors")  # what a training folder stands for, in order
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
     """The file behind a checkpoint path: a registered `SCHEME:NAME` (`fileio.register_scheme`; `dynadnn.zoo`
-    registers `zoo`), or an existing file."""
+    registers `zoo`), an existing file, or a training folder (`dynadnn train --out`), which stands for its
+    final.safetensors, else its last.safetensors (an interrupted run). Any other folder is refused as one."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise CheckpointError(f"checkpoint: expected a file path or zoo:NAME, got {path!r}")
     found = resolve_scheme(path)
     if found is not None:
         return found
     p = Path(str(path))
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such checkpoint file")
+    try:
+        if p.is_dir():
+            for name in RUN_CHECKPOINTS:
+                if (p / name).is_file():
+                    return p / name
+            raise CheckpointError(f"{_shown(p)}: is a directory, not a checkpoint (expected a .safetensors or "
+                                  f".pth file, or a training folder holding {' or '.join(RUN_CHECKPOINTS)})")
+        if not p.is_file():
+            what = "not a regular file" if p.exists() else "no such checkpoint file"
+            raise CheckpointError(f"{_shown(p)}: {what}")
+    except OSError as exc:
+        raise CheckpointError(f"{_shown(p)}: cannot read it ({exc.strerror or exc})") from None
     return p
 
 
@@ -227,7 +274,7 @@ def load_checkpoint(path: str | Path, preset: str | SearchSpace | None = None) -
         if preset is not None:
             space = preset if isinstance(preset, SearchSpace) else load_space(preset)
         elif meta.get("space"):
-            space = SearchSpace.from_dict(meta["space"], f"{p} metadata")
+            space = _space_of(meta["space"], f"{_shown(p)}: metadata field 'space'")
         elif meta.get("preset"):
             space = load_space(meta["preset"])
         else:
@@ -248,6 +295,19 @@ def load_checkpoint(path: str | Path, preset: str | SearchSpace | None = None) -
     net = SuperNet(space)
     load_ofa_state_dict(net, state, str(p))
     return net.eval(), {"preset": space.name, "source": str(p), "format": "ofa"}
+
+
+def _space_of(doc: dict, source: str) -> SearchSpace:
+    """The search space a checkpoint describes; a description that does not build one is a one-line error."""
+    try:
+        return SearchSpace.from_dict(doc, source)
+    except CheckpointError:
+        raise
+    except UserError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{source}: not a valid search space ({type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0][:80]})") from None
 
 
 def save_checkpoint(net: SuperNet, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
