@@ -34,8 +34,23 @@ def test_shipped_scenarios_load_and_default_steps_0_1_2_0():
 
 
 @pytest.mark.parametrize("doc, msg", [
-    ({}, "field 'phases' must be a non-empty list"),
-    ({"phases": [{"duration": -1}]}, r"phases\[0\].duration: expected a positive number"),
+    ({}, "field 'phases' is missing"),
+    ({"phases": []}, "field 'phases': expected a non-empty list"),
+    ({"phases": "idle"}, "field 'phases': expected a list"),
+    ({"phases": [{"duration": -1}]}, r"phases\[0\].duration: expected a number > 0"),
+    ({"phases": [{"duration": float("nan")}]}, r"phases\[0\].duration: expected a finite number, got nan"),
+    ({"phases": [{"duration": float("inf")}]}, r"phases\[0\].duration: expected a finite number, got inf"),
+    ({"phases": [{"duration": "1"}]}, r"phases\[0\].duration: expected a number, got '1'"),
+    ({"phases": [{"duration": True}]}, r"phases\[0\].duration: expected a number"),
+    ({"phases": [{}]}, r"phases\[0\].duration: missing"),
+    ({"phases": [{"duration": 1, "competitors": "busy"}]}, r"field 'competitors': expected a list"),
+    ({"phases": [{"duration": 1, "competitors": ["busy"]}]}, r"competitors\[0\]: expected an object"),
+    ({"phases": [{"duration": 1, "competitors": [{"kind": "busy", "count": 10**6}]}]}, "unknown field 'count'"),
+    ({"phases": [{"duration": 1, "competitors": [{"kind": "busy", "threads": 4}]}]}, "a busy loop is one thread"),
+    ({"phases": [{"duration": 1, "competitors": [{"kind": "matmul", "size": 10**6}]}]}, r"competitors\[0\].size"),
+    ({"phases": [{"duration": 1, "competitors": [{"kind": "busy"}] * 65}]}, "65 competing processes asked for, at most 64"),
+    ({"phases": [{"duration": 1}], "name": 5}, "field 'name': expected a string"),
+    ({"phases": [{"duration": 1}] * 1001}, "1001 phases, at most 1000"),
     ({"phases": [{"duration": 1, "competitors": [{"kind": "fork-bomb"}]}]}, r"competitors\[0\].kind: expected one of busy, matmul"),
     ({"phases": [{"duration": 1, "competitors": [{"kind": "matmul", "threads": 0}]}]}, r"competitors\[0\].threads"),
 ])

@@ -6,14 +6,14 @@ torch/ONNX Runtime per thread count, and serve frames from the dataset's test sp
 starts and stops real competing processes. Writes DIR/trace.json (per frame: time, member, threads, backend,
 latency, deadline met, the member's accuracy), DIR/trace.png (latency vs deadline, switches, competitor phases
 shaded) and prints a summary. With several policies (--policy feedback,dofa) each gets its own trace-
-POLICY.json and one stacked trace.png. Competitors are killed on exit and on Ctrl-C.
+POLICY.json and one stacked trace.png. Competitors are killed on exit and on Ctrl-C (exit 130, no half-written
+DIR). Bad numbers and an unusable DIR are refused before anything is loaded or started.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
-from pathlib import Path
 
 from .common import add_command, parse_int_list, parse_names
 
@@ -44,7 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the process's pages resident (mlockall), as real-time serving does: a kernel that "
                         "reclaims cold pages otherwise stalls some frames by 50-700 us; refused -> logged, served "
                         "unlocked")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory, written whole when the run succeeds (an unwritable "
+                   "one is refused before anything is served)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --out that already holds a run (or other files)")
     p.set_defaults(func=run)
 
 
@@ -55,25 +57,25 @@ def _interrupt(signum, frame):
 def run(args) -> int:
     from rich.console import Console
 
-    from ..runtime.experiment import run_experiment
+    from ..runtime.experiment import check_arguments, run_experiment
     from ..runtime.scenario import load_scenario
     from ..runtime.trace import print_summary
 
     console = Console(stderr=True)
+    threads = parse_int_list(args.threads, "--threads") if args.threads is not None else None
+    options = dict(duration_s=args.duration, fps=args.fps, deadline_ms=args.deadline_ms, min_top1=args.min_top1,
+                   threads=threads, backends=parse_names(args.backends, "--backends"), members=args.members,
+                   calib_images=args.calib_images, calibrate_s=args.calibrate_s)
+    policies = parse_names(args.policy, "--policy")
+    check_arguments(policies, **options)  # every number, before the scenario or the family is read
     scenario = load_scenario(args.scenario)
-    threads = parse_int_list(args.threads, "--threads") if args.threads else None
     old_term = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: competitors are stopped
     try:
-        result = run_experiment(args.family, scenario, parse_names(args.policy, "--policy"),
-                                duration_s=args.duration, fps=args.fps, deadline_ms=args.deadline_ms,
-                                min_top1=args.min_top1, dataset=args.dataset, threads=threads,
-                                backends=parse_names(args.backends, "--backends"), members=args.members,
-                                calib_images=args.calib_images, calibrate_s=args.calibrate_s,
-                                lock_memory=args.lock_memory, say=console.log)
+        result = run_experiment(args.family, scenario, policies, dataset=args.dataset, lock_memory=args.lock_memory,
+                                out=args.out, overwrite=args.overwrite, say=console.log, **options)
     finally:
         signal.signal(signal.SIGTERM, old_term)
-    paths = result.write(Path(args.out))
     print_summary(result.traces, Console(), title=f"scenario '{scenario.name}', deadline {result.deadline_ms:.3f} ms")
-    for p in paths:
+    for p in result.paths:
         print(p)
     return 0

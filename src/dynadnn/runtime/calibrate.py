@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import UserError
+from ..validate import number, seconds
 from .manager import RuntimeManager
 from .scenario import CompetitorPool, Scenario
 from .stream import Frames, wait_for_tick
@@ -45,6 +47,9 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
     """Every option at `fps` under each distinct competitor set of `scenario`, in contiguous blocks; the
     `focus` options (by default those the deadline rule reads: the static most-accurate option and the
     fastest member's options) get three times the samples."""
+    seconds_per_load = seconds(seconds_per_load, "calibrate_s")
+    fps = number(fps, "fps", low=0.0, low_open=True)
+    scenario.check_limits()  # before any competitor starts
     if focus is None:
         focus = deadline_options(manager)
     keys: dict[tuple, int] = {}
@@ -132,6 +137,10 @@ def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: f
     opts = manager.options
     s_opt, cands = rule_options(manager)
     heavy = cal.latencies[cal.heaviest]
+    for i in [s_opt, *cands]:
+        if not len(heavy[i]):
+            raise UserError(f"calibrate_s: too short to measure option {opts[i].label()} under the heaviest load "
+                            "(no frame); expected more seconds per load")
     f_opt = min(cands, key=lambda i: float(np.quantile(heavy[i], fastest_on_time)))
     need = float(np.quantile(heavy[f_opt], fastest_on_time))
     cap = float(np.quantile(heavy[s_opt], 1.0 - static_miss))  # below this, >= static_miss of frames exceed it

@@ -4,6 +4,7 @@ each policy through the same scenario, one after the other, in this one process.
 
     result = run_experiment(family, load_scenario("contention"), ["feedback", "dofa"], duration_s=30)
     paths = result.write("runs/run")      # trace(-POLICY).json, trace.png, summary.json
+    # or run_experiment(..., out="runs/run"): the result folder written whole, refused up front if unwritable
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import Any, Callable, Sequence
 
 from ..errors import UserError
 from ..family import Family
-from ..fileio import write_json
+from .. import validate
+from ..fileio import output_dir, write_json
 from .calibrate import Calibration, calibrate_deadline, measure_under_loads
 from .manager import RuntimeManager
 from .members import FamilySource, load_family
-from .options import Targets
+from .options import MAX_FPS, Targets
 from .policies import REGISTRY, OraclePolicy, Policy, make_policy
-from .scenario import Scenario
+from .scenario import Scenario, load_scenario
 from .stream import Frames, run_stream
 from .trace import Trace, plot_traces
 
@@ -80,8 +82,6 @@ def calibrate(st: Setup, scenario: Scenario, seconds_per_load: float, fps: float
     return measure_under_loads(st.manager, st.frames, scenario, seconds_per_load, fps)
 
 
-
-
 @dataclass
 class Experiment:
     """What `run_experiment` measured: one trace per policy, under one deadline."""
@@ -90,6 +90,7 @@ class Experiment:
     deadline_ms: float
     traces: list[Trace]
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the deadline calibration
+    paths: list[Path] = field(default_factory=list)  # what `run_experiment(out=...)` wrote
 
     def summary(self) -> dict[str, Any]:
         return {"deadline_ms": self.deadline_ms, "scenario": self.scenario,
@@ -108,39 +109,99 @@ class Experiment:
         return paths
 
 
-def run_experiment(family: str | Family | FamilySource, scenario: Scenario, policies: Sequence[str], *,
+@dataclass(frozen=True)
+class RunArguments:
+    """`run_experiment`'s numbers and lists, checked (`check_arguments`)."""
+
+    policies: tuple[str, ...]
+    duration_s: float
+    fps: float
+    deadline_ms: float | None
+    min_top1: float
+    threads: tuple[int, ...] | None
+    backends: tuple[str, ...]
+    members: int
+    calib_images: int
+    calibrate_s: float
+
+
+MAX_MEMBERS = 64  # hand-picked members: each is made resident on every backend and thread count
+
+
+def _names(value: Any, name: str, options: Sequence[str]) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise UserError(f"{name}: expected a non-empty list of {', '.join(options)}, got {value!r:.60}")
+    return tuple(validate.choice(v, name, options) for v in items)
+
+
+def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: float = 20.0, fps: float = 100.0,
+                    deadline_ms: float | None = None, min_top1: float = 0.0, threads: Sequence[int] | None = None,
+                    backends: Sequence[str] = ("torch", "ort"), members: int = 5, calib_images: int = 1000,
+                    calibrate_s: float = 3.0) -> RunArguments:
+    """Every argument of `run_experiment` checked before anything is loaded or started: one-line errors that
+    start with the parameter's name as the CLI spells it (`duration`, `fps`, `threads`, ...)."""
+    from ..deploy import BACKENDS
+
+    pols = _names(policies, "policy", list(REGISTRY))
+    duration = validate.seconds(duration_s, "duration")
+    fps = validate.number(fps, "fps", low=0.0, low_open=True, high=MAX_FPS)
+    if duration * fps < 1:
+        raise UserError(f"duration: {duration:g} s at {fps:g} fps serves no frame; expected at least {1 / fps:g} s")
+    if deadline_ms is not None:
+        deadline_ms = validate.number(deadline_ms, "deadline_ms", low=0.0, low_open=True,
+                                      high=validate.MAX_SECONDS * 1e3)
+    if threads is not None:
+        if isinstance(threads, (str, bytes)) or not isinstance(threads, Sequence) or not threads:
+            raise UserError(f"threads: expected a non-empty list of thread counts, got {threads!r:.60}")
+        threads = tuple(sorted({validate.threads(t, "threads") for t in threads}))
+    return RunArguments(
+        pols, duration, fps, deadline_ms, validate.number(min_top1, "min_top1", low=0.0, high=100.0), threads,
+        _names(backends, "backends", BACKENDS), validate.count(members, "members", low=2, high=MAX_MEMBERS),
+        validate.count(calib_images, "calib_images", low=1), validate.seconds(calibrate_s, "calibrate_s"))
+
+
+def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str, policies: Sequence[str], *,
                    duration_s: float = 20.0, fps: float = 100.0, deadline_ms: float | None = None,
                    min_top1: float = 0.0, dataset: str = "animals", threads: Sequence[int] | None = None,
                    backends: Sequence[str] = ("torch", "ort"), members: int = 5, calib_images: int = 1000,
-                   calibrate_s: float = 3.0, lock_memory: bool = True,
-                   say: Callable[[str], None] = lambda m: None) -> Experiment:
+                   calibrate_s: float = 3.0, lock_memory: bool = True, out: str | Path | None = None,
+                   overwrite: bool = False, say: Callable[[str], None] = lambda m: None) -> Experiment:
     """Serve the family's frame stream through `scenario` under each policy in turn. Without
     `deadline_ms`, the deadline is calibrated first (`calibrate_deadline`: the most accurate member misses
-    about 20 % of the heaviest phase's frames). Competing processes are stopped on return and on errors."""
-    for name in policies:
-        if name not in REGISTRY:
-            raise UserError(f"policy: unknown policy '{name}'; expected one of {', '.join(REGISTRY)}")
-    if not duration_s > 0 or not fps > 0:
-        raise UserError(f"duration and fps: expected numbers > 0, got {duration_s} and {fps}")
-    if deadline_ms is not None and not deadline_ms > 0:
-        raise UserError(f"deadline_ms: expected a number > 0, got {deadline_ms}")
-    if calib_images < 1:
-        raise UserError(f"calib_images: expected >= 1, got {calib_images}")
-    targets = Targets(deadline_ms=deadline_ms or 1000.0, min_top1=min_top1).validate()
-    st = setup(family, dataset, targets, threads, backends, members, say, calib_images=calib_images,
+    about 20 % of the heaviest phase's frames). Competing processes are stopped on return and on errors.
+    Every argument is checked before anything is loaded (`check_arguments`). With `out`, the result folder
+    (trace(-POLICY).json, trace.png, summary.json) is written whole through `fileio.output_dir`: an `out`
+    that cannot be written, or that holds files without `overwrite`, is refused before the work starts."""
+    a = check_arguments(policies, duration_s=duration_s, fps=fps, deadline_ms=deadline_ms, min_top1=min_top1,
+                        threads=threads, backends=backends, members=members, calib_images=calib_images,
+                        calibrate_s=calibrate_s)
+    scenario = load_scenario(scenario).check_limits()
+    if out is None:
+        return _experiment(family, scenario, a, dataset, lock_memory, say)
+    with output_dir(out, "run", "summary.json", overwrite) as tmp:
+        result = _experiment(family, scenario, a, dataset, lock_memory, say)
+        result.paths = [Path(out) / p.relative_to(tmp) for p in result.write(tmp)]
+    return result
+
+
+def _experiment(family: str | Family | FamilySource, scenario: Scenario, a: RunArguments, dataset: str,
+                lock_memory: bool, say: Callable[[str], None]) -> Experiment:
+    targets = Targets(deadline_ms=a.deadline_ms or 1000.0, min_top1=a.min_top1).validate()
+    st = setup(family, dataset, targets, a.threads, a.backends, a.members, say, calib_images=a.calib_images,
                lock_memory=lock_memory)
     try:
         calibration, extra = None, {}
-        if deadline_ms is None or "oracle" in policies:
-            calibration = calibrate(st, scenario, calibrate_s, fps, say)
-        if deadline_ms is None:
+        if a.deadline_ms is None or "oracle" in a.policies:
+            calibration = calibrate(st, scenario, a.calibrate_s, a.fps, say)
+        if a.deadline_ms is None:
             choice = calibrate_deadline(st.manager, calibration)
             st.manager.set_targets(deadline_ms=choice.deadline_ms)
             extra = {"deadline_calibration": choice.__dict__}
             say(f"deadline {choice.deadline_ms:.3f} ms: static most-accurate misses {choice.static_heavy_miss:.1%} "
                 f"of heavy-phase frames, fastest meets it for {choice.fastest_heavy_on_time:.2%}"
                 + ("" if choice.feasible else " (the rule could not be met exactly)"))
-        traces = run_policies(st, scenario, policies, duration_s, fps, calibration, say)
+        traces = run_policies(st, scenario, a.policies, a.duration_s, a.fps, calibration, say)
         return Experiment(scenario.name, st.manager.targets.deadline_ms, traces, extra)
     finally:
         st.manager.close()

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from .. import validate
 from ..errors import UserError
 from ..family import Family
 from ..platform.local import LocalPlatform, cpu_count
@@ -44,6 +45,21 @@ class InferenceFailed(RuntimeError):
     """Even the safe option could not run the frame."""
 
 
+def _check_arguments(backends: Sequence[str], threads: Sequence[int] | None, profile_frames: int,
+                     system_period_s: float) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """The manager's arguments, checked before any member is built (names as `dynadnn run` spells them)."""
+    if isinstance(backends, str) or not isinstance(backends, Sequence) or not backends:
+        raise UserError(f"backends: expected a non-empty list of {', '.join(BACKENDS)}, got {backends!r:.60}")
+    backends = tuple(validate.choice(b, "backends", BACKENDS) for b in backends)
+    if threads is not None:
+        if isinstance(threads, str) or not isinstance(threads, Sequence) or not threads:
+            raise UserError(f"threads: expected a non-empty list of thread counts, got {threads!r:.60}")
+        threads = tuple(sorted({validate.threads(t, "threads") for t in threads}))
+    validate.count(profile_frames, "profile_frames", low=1, high=100_000)
+    validate.number(system_period_s, "system_period_s", low=0.0, low_open=True, high=60.0)
+    return backends, threads
+
+
 class RuntimeManager:
     def __init__(self, source: FamilySource | Family, policy: Policy | str = "feedback", targets: Targets | None = None,
                  *, supernet: SuperNet | None = None, threads: Sequence[int] | None = None,
@@ -52,14 +68,14 @@ class RuntimeManager:
                  system_reader: Callable | None = None, profile_frames: int = 40, pin_affinity: bool = False,
                  lock_memory: bool = False, record: bool = True, record_cpu: bool = False,
                  progress: Callable[[str], None] | None = None):
-        for b in backends:
-            if b not in BACKENDS:
-                raise UserError(f"backend '{b}': expected one of {', '.join(BACKENDS)}")
+        backends, threads = _check_arguments(backends, threads, profile_frames, system_period_s)
         if isinstance(source, Family):  # in memory: its members on `supernet` (else its checkpoint, loaded)
             source = FamilySource.from_family(source, supernet)
-        self.source = source
+        if not isinstance(source, FamilySource):
+            raise UserError(f"source: expected a Family or a FamilySource, got {type(source).__name__}")
+        self.source = source.check()  # e.g. a member without BN statistics is refused, not served uncalibrated
         self.platform = platform or LocalPlatform()
-        self.threads = tuple(sorted(set(threads))) if threads else tuple(range(1, min(cpu_count(), 4) + 1))
+        self.threads = threads or tuple(range(1, min(cpu_count(), validate.available_cpus(), 4) + 1))
         self.pin_affinity = pin_affinity
         self.memory_locked = False
         self._targets = (targets or Targets()).validate()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+MAX_FPS = 100_000.0  # frames per second: 10 us a frame, beyond any batch-1 member's latency
+
 
 @dataclass(frozen=True)
 class Option:
@@ -45,16 +47,15 @@ class Targets:
         return replace(self, **changes)
 
     def validate(self) -> "Targets":
-        from ..errors import UserError
+        """Every field finite and in range; a message starts with the field's name (`deadline_ms: ...`)."""
+        from ..validate import MAX_SECONDS, number
 
-        if not self.deadline_ms or self.deadline_ms <= 0:
-            raise UserError(f"targets: deadline_ms must be > 0 ms, got {self.deadline_ms!r}")
-        if self.min_top1 < 0 or self.min_top1 > 100:
-            raise UserError(f"targets: min_top1 must be a percentage in 0..100, got {self.min_top1!r}")
-        if self.fps is not None and self.fps <= 0:
-            raise UserError(f"targets: fps must be > 0, got {self.fps!r}")
-        if self.power_w is not None and self.power_w <= 0:
-            raise UserError(f"targets: power_w must be > 0 W, got {self.power_w!r}")
+        number(self.deadline_ms, "deadline_ms", low=0.0, low_open=True, high=MAX_SECONDS * 1e3)
+        number(self.min_top1, "min_top1", low=0.0, high=100.0)
+        if self.fps is not None:
+            number(self.fps, "fps", low=0.0, low_open=True, high=MAX_FPS)
+        if self.power_w is not None:
+            number(self.power_w, "power_w", low=0.0, low_open=True)
         return self
 
     def effective_deadline_ms(self) -> float:

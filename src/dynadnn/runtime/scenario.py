@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..fileio import parse_json
+from ..fileio import parse_json, read_json_object
+from ..validate import MAX_PROCESSES, MAX_SECONDS, choice, count, number, seconds
+from ..validate import field as json_field
 
 clock = time.perf_counter
 KINDS = ("busy", "matmul")
@@ -114,6 +116,18 @@ class Scenario:
         return max(range(len(self.phases)),
                    key=lambda i: sum(c.threads for c in self.phases[i].competitors))
 
+    def check_limits(self) -> "Scenario":
+        """Refuse (before anything starts) a phase of more than `MAX_PROCESSES` competitors, or none at all:
+        a scenario built in Python rather than parsed is held to the same cap."""
+        if not self.phases:
+            raise UserError(f"scenario '{self.name}': expected at least one phase")
+        for i, ph in enumerate(self.phases):
+            if len(ph.competitors) > MAX_PROCESSES:
+                raise UserError(f"scenario '{self.name}': phases[{i}]: {len(ph.competitors)} competing processes "
+                                f"asked for, at most {MAX_PROCESSES} allowed (dynadnn.validate.MAX_PROCESSES)")
+            number(ph.duration, f"scenario '{self.name}': phases[{i}].duration", low=0.0, low_open=True)
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,
                 "phases": [{"name": p.name, "duration": p.duration,
@@ -121,36 +135,75 @@ class Scenario:
 
 
 def parse_scenario(doc: Any, source: str) -> Scenario:
+    """A scenario from its JSON document, every field checked (type, range, finiteness, known keys); a phase
+    asking for more than `MAX_PROCESSES` competing processes, or a matmul load bigger than this machine's
+    free memory, is refused here, before any process is started."""
     if not isinstance(doc, dict):
         raise UserError(f"{source}: expected a JSON object with 'phases'")
-    phases = doc.get("phases")
-    if not isinstance(phases, list) or not phases:
-        raise UserError(f"{source}: field 'phases' must be a non-empty list")
-    out = []
-    for i, ph in enumerate(phases):
-        where = f"{source}: phases[{i}]"
-        if not isinstance(ph, dict):
-            raise UserError(f"{where}: expected an object with duration and competitors")
-        dur = ph.get("duration")
-        if isinstance(dur, bool) or not isinstance(dur, (int, float)) or dur <= 0:
-            raise UserError(f"{where}.duration: expected a positive number, got {dur!r}")
-        comps = ph.get("competitors", [])
-        if not isinstance(comps, list):
-            raise UserError(f"{where}.competitors: expected a list")
-        cs = []
-        for j, c in enumerate(comps):
-            cw = f"{where}.competitors[{j}]"
-            if not isinstance(c, dict) or c.get("kind") not in KINDS:
-                raise UserError(f"{cw}.kind: expected one of {', '.join(KINDS)}, got "
-                                f"{(c.get('kind') if isinstance(c, dict) else c)!r}")
-            threads, size = c.get("threads", 1), c.get("size", 384)
-            if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
-                raise UserError(f"{cw}.threads: expected an integer 1..64, got {threads!r}")
-            if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 8192:
-                raise UserError(f"{cw}.size: expected an integer 16..8192, got {size!r}")
-            cs.append(Competitor(c["kind"], threads, size))
-        out.append(Phase(str(ph.get("name", f"phase {i}")), float(dur), tuple(cs)))
-    return Scenario(str(doc.get("name", Path(source).stem)), tuple(out), str(doc.get("description", "")))
+    _known_keys(doc, TOP_KEYS, source)
+    phases = json_field(doc, "phases", list, source)
+    if not phases:
+        raise UserError(f"{source}: field 'phases': expected a non-empty list of phases")
+    if len(phases) > MAX_PHASES:
+        raise UserError(f"{source}: field 'phases': {len(phases)} phases, at most {MAX_PHASES} allowed")
+    out = [_parse_phase(ph, i, f"{source}: phases[{i}]") for i, ph in enumerate(phases)]
+    name = json_field(doc, "name", str, source, required=False)
+    description = json_field(doc, "description", str, source, required=False)
+    return Scenario(name if name is not None else Path(source).stem, tuple(out), description or "")
+
+
+TOP_KEYS = ("name", "description", "phases", "format")
+PHASE_KEYS = ("name", "duration", "competitors")
+COMPETITOR_KEYS = ("kind", "threads", "size")
+MAX_PHASES = 1000  # phases of one scenario: each starts and stops processes, and a run gives each its share
+MAX_MATMUL = 4096  # a matmul competitor's n: three n x n float32 matrices (192 MiB at the cap)
+
+
+def _known_keys(doc: dict, keys: tuple[str, ...], where: str) -> None:
+    unknown = [k for k in doc if k not in keys]
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r}; expected only {', '.join(keys)}")
+
+
+def _parse_phase(ph: Any, i: int, where: str) -> Phase:
+    if not isinstance(ph, dict):
+        raise UserError(f"{where}: expected an object with duration and competitors, got {ph!r:.40}")
+    _known_keys(ph, PHASE_KEYS, where)
+    if "duration" not in ph:
+        raise UserError(f"{where}.duration: missing; expected a relative duration > 0")
+    dur = number(ph["duration"], f"{where}.duration", low=0.0, low_open=True, high=MAX_SECONDS)
+    comps = json_field(ph, "competitors", list, where, required=False) or []
+    if len(comps) > MAX_PROCESSES:
+        raise UserError(f"{where}.competitors: {len(comps)} competing processes asked for, at most "
+                        f"{MAX_PROCESSES} allowed (dynadnn.validate.MAX_PROCESSES)")
+    cs = tuple(_parse_competitor(c, f"{where}.competitors[{j}]") for j, c in enumerate(comps))
+    _check_memory(cs, where)
+    name = json_field(ph, "name", str, where, required=False)
+    return Phase(name if name is not None else f"phase {i}", dur, cs)
+
+
+def _parse_competitor(c: Any, where: str) -> Competitor:
+    if not isinstance(c, dict):
+        raise UserError(f"{where}: expected an object such as {{\"kind\": \"busy\"}}, got {c!r:.40}")
+    _known_keys(c, COMPETITOR_KEYS, where)
+    kind = choice(c.get("kind"), f"{where}.kind", KINDS)
+    threads = count(c.get("threads", 1), f"{where}.threads", low=1, high=MAX_PROCESSES)
+    if kind == "busy" and threads != 1:
+        raise UserError(f"{where}.threads: a busy loop is one thread; expected 1 (or a matmul), got {threads}")
+    size = count(c.get("size", 384), f"{where}.size", low=16, high=MAX_MATMUL)
+    return Competitor(kind, threads, size)
+
+
+def _check_memory(comps: tuple[Competitor, ...], where: str) -> None:
+    need = sum(3 * 4 * c.size ** 2 for c in comps if c.kind == "matmul")
+    if not need:
+        return
+    import psutil
+
+    free = psutil.virtual_memory().available
+    if need > free // 2:
+        raise UserError(f"{where}.competitors: the matmuls need {need / 2**20:.0f} MiB, more than half of this "
+                        f"machine's free memory ({free / 2**20:.0f} MiB)")
 
 
 def list_scenarios() -> list[str]:
@@ -158,18 +211,27 @@ def list_scenarios() -> list[str]:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A shipped scenario by name (`contention`, `flood`) or a JSON file."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise UserError(f"scenario file '{path}' not found")
-        text, source = path.read_text(), str(path)
-    else:
-        res = resources.files("dynadnn.scenarios") / f"{name_or_path}.json"
-        if not res.is_file():
-            raise UserError(f"unknown scenario '{name_or_path}': expected a JSON file or one of {', '.join(list_scenarios())}")
-        text, source = res.read_text(), f"scenario '{name_or_path}'"
-    return parse_scenario(parse_json(text, source), source)
+    """A shipped scenario by name (`contention`, `flood`) or a JSON file; errors name `scenario` or the file."""
+    if isinstance(name_or_path, Scenario):
+        return name_or_path
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        raise UserError(f"scenario: expected a shipped name ({', '.join(list_scenarios())}) or a JSON file, "
+                        f"got {name_or_path!r:.60}")
+    text = str(name_or_path)
+    if "/" not in text and not text.endswith(".json") and text.isidentifier():
+        res = resources.files("dynadnn.scenarios") / f"{text}.json"
+        if res.is_file():
+            return parse_scenario(parse_json(res.read_text(), f"scenario '{text}'"), f"scenario '{text}'")
+    try:
+        is_file = Path(text).is_file()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"scenario: cannot read {text[:60]!r}... ({getattr(exc, 'strerror', None) or exc})") from None
+    if not is_file:
+        if Path(text).suffix == ".json" or Path(text).exists():
+            raise UserError(f"scenario: '{text[:120]}' is not a readable file")
+        raise UserError(f"scenario: unknown scenario '{text[:60]}': expected a JSON file or one of "
+                        f"{', '.join(list_scenarios())}")
+    return parse_scenario(read_json_object(text, error=UserError), text)
 
 
 class CompetitorPool:
@@ -180,6 +242,8 @@ class CompetitorPool:
         self.started = 0
 
     def start(self, comp: Competitor) -> subprocess.Popen:
+        if len(self.procs) >= MAX_PROCESSES:  # the last guard: parse_scenario and check_limits refuse earlier
+            raise UserError(f"competitors: at most {MAX_PROCESSES} may run at once (dynadnn.validate.MAX_PROCESSES)")
         cmd, env = comp.command()
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
@@ -222,8 +286,8 @@ class ScenarioRunner:
     """
 
     def __init__(self, scenario: Scenario, duration_s: float, t0: float | None = None):
-        if duration_s <= 0:
-            raise UserError(f"scenario duration: expected > 0 s, got {duration_s}")
+        duration_s = seconds(duration_s, "duration")
+        scenario.check_limits()
         self.scenario, self.duration_s = scenario, duration_s
         self.plan = scenario.boundaries(duration_s)
         self.pool = CompetitorPool()

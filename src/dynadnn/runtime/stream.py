@@ -16,7 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from ..data import resize_batch
+from ..errors import UserError
+from ..validate import number, seconds
 from .manager import RuntimeManager
+from .options import MAX_FPS
 from .scenario import Scenario, ScenarioRunner
 from .trace import Trace
 
@@ -46,6 +49,10 @@ class Frames:
 def run_stream(manager: RuntimeManager, frames: Frames, scenario: Scenario, duration_s: float, fps: float,
                progress=None) -> Trace:
     """Serve frames at `fps` for `duration_s` seconds while `scenario` runs; return the trace."""
+    duration_s = seconds(duration_s, "duration")
+    fps = number(fps, "fps", low=0.0, low_open=True, high=MAX_FPS)
+    if not len(frames):
+        raise UserError("frames: the data set's test split is empty; expected images to serve")
     manager.reset_records()
     period = 1.0 / fps
     correct = array("b")

@@ -155,6 +155,9 @@ def print_summary(traces: list[Trace], console=None, title: str = "runtime manag
         table.add_column(col, justify="right")
     for tr in traces:
         s = tr.summary()
+        if not s["frames"]:  # a run too short or too slow for one frame
+            table.add_row(tr.policy, "0", *["-"] * 8)
+            continue
         table.add_row(tr.policy, str(s["frames"]), f"{s['on_time']:.4f}", f"{s['mean_top1']:.2f}",
                       f"{s['accuracy_measured']:.2f}", f"{s['p50_ms']:.2f}", f"{s['p95_ms']:.2f}", f"{s['p99_ms']:.2f}",
                       str(s["switches"]), f"{s['decision_p99_us']:.1f}")

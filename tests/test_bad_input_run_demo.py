@@ -1,0 +1,206 @@
+"""Bad input to `dynadnn run` and `dynadnn demo` (and the scenario files `run` reads): refused with one line
+naming the option or file and field, exit 2, no traceback, nothing written, nothing started; refused before
+the family is loaded or part 1 of the demo runs (each case is fast because the validation comes first)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import psutil
+import pytest
+
+from dynadnn.cli import main
+
+RUN = ["run", "random:tiny", "--dataset", "digits", "--members", "2", "--threads", "1", "--backends", "ort",
+       "--calib-images", "50", "--deadline-ms", "50"]
+
+
+@pytest.fixture
+def no_family(monkeypatch):
+    """Fail loudly if a refused command got as far as loading a family."""
+    import dynadnn.runtime.experiment as experiment
+
+    def setup(*a, **k):
+        raise AssertionError("the family was loaded before the input was refused")
+
+    monkeypatch.setattr(experiment, "setup", setup)
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--fps", "nan"], "--fps: expected a finite number"),
+    (["--fps", "0"], "--fps: expected a number > 0"),
+    (["--fps", "-1"], "--fps"),
+    (["--fps", "inf"], "--fps: expected a finite number"),
+    (["--duration", "nan"], "--duration: expected a finite number"),
+    (["--duration", "-1"], "--duration: expected a number > 0"),
+    (["--duration", "0"], "--duration"),
+    (["--duration", "inf"], "--duration"),
+    (["--duration", "1e9"], "--duration"),
+    (["--duration", "0.001"], "--duration: 0.001 s at 100 fps serves no frame"),
+    (["--deadline-ms", "nan"], "--deadline-ms: expected a finite number"),
+    (["--deadline-ms", "-5"], "--deadline-ms"),
+    (["--min-top1", "150"], "--min-top1: expected a number >= 0 and <= 100"),
+    (["--min-top1", "-1"], "--min-top1"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "999"], "--threads: 999 threads asked for"),
+    (["--threads", "abc"], "--threads"),
+    (["--threads", "1,999"], "--threads"),
+    (["--members", "1"], "--members: expected an integer in 2..64"),
+    (["--members", "0"], "--members"),
+    (["--members", "100000"], "--members"),
+    (["--calib-images", "0"], "--calib-images: expected an integer >= 1"),
+    (["--calib-images", "-5"], "--calib-images"),
+    (["--calibrate-s", "-1"], "--calibrate-s"),
+    (["--calibrate-s", "nan"], "--calibrate-s: expected a finite number"),
+    (["--policy", ""], "--policy"),
+    (["--policy", "greedy"], "--policy: expected one of static, dofa, feedback, oracle, got 'greedy'"),
+    (["--policy", "feedback,nope"], "--policy: expected one of static, dofa, feedback, oracle, got 'nope'"),
+    (["--backends", "tensorflow"], "--backends: expected one of torch, ort"),
+    (["--backends", ""], "--backends"),
+    (["--scenario", "nope"], "--scenario: unknown scenario 'nope'"),
+    (["--scenario", ""], "--scenario"),
+    (["--scenario", "x" * 5000 + ".json"], "--scenario"),
+])
+def test_run_refuses_bad_options(refused, no_family, tmp_path, extra, named):
+    refused(RUN + extra + ["--out", tmp_path / "run"], named)
+    assert not (tmp_path / "run").exists()
+
+
+BAD_SCENARIOS = [
+    ('{"phases": [{"duration": NaN, "competitors": []}]}', "phases[0].duration: expected a finite number, got nan"),
+    ('{"phases": [{"duration": Infinity}]}', "phases[0].duration: expected a finite number, got inf"),
+    ('{"phases": [{"duration": -2}]}', "phases[0].duration: expected a number > 0"),
+    ('{"phases": [{"duration": 0}]}', "phases[0].duration"),
+    ('{"phases": [{"duration": "1"}]}', "phases[0].duration: expected a number, got '1'"),
+    ('{"phases": {"duration": 1}}', "field 'phases': expected a list"),
+    ('{"phases": []}', "field 'phases': expected a non-empty list"),
+    ('[1, 2]', "expected a JSON object"),
+    ('{"phases": [', "not valid JSON"),
+    ('{"phases": [{"duration": 1, "competitors": [{"kind": "fork-bomb"}]}]}', "competitors[0].kind: expected one of busy, matmul"),
+    ('{"phases": [{"duration": 1, "competitors": [{"kind": "matmul", "threads": "2"}]}]}', "competitors[0].threads: expected an integer"),
+    ('{"phases": [{"duration": 1, "competitors": [{"kind": "matmul", "threads": 1000}]}]}', "competitors[0].threads"),
+    ('{"phases": [{"duration": 1, "competitors": [{"kind": "matmul", "size": 1e9}]}]}', "competitors[0].size"),
+    ('{"phases": [{"duration": 1, "competitors": [{"kind": "busy", "repeat": 1000}]}]}', "unknown field 'repeat'"),
+    ('{"phases": [{"duration": 1, "competitors": {"kind": "busy"}}]}', "field 'competitors': expected a list"),
+    ('{"phases": [{"duration": 1, "competitors": [{"kind": "busy"}]}], "description": 7}', "field 'description'"),
+]
+
+
+@pytest.mark.parametrize("text, named", BAD_SCENARIOS)
+def test_run_refuses_bad_scenario_files(refused, no_family, tmp_path, text, named):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    refused(RUN + ["--scenario", path, "--out", tmp_path / "run"], named)
+
+
+def test_a_scenario_asking_for_a_million_competitors_starts_none(refused, no_family, tmp_path):
+    path = tmp_path / "million.json"
+    path.write_text(json.dumps({"phases": [{"duration": 1, "competitors": [{"kind": "busy"}] * 10**6}]}))
+    t = time.perf_counter()
+    refused(RUN + ["--scenario", path, "--out", tmp_path / "run"], "1000000 competing processes asked for, at most 64")
+    assert time.perf_counter() - t < 30
+    assert not psutil.Process().children(recursive=True)
+
+
+@pytest.mark.parametrize("case", ["file", "proc", "readonly", "other files", "result"])
+def test_run_refuses_an_unusable_out_before_serving(refused, no_family, tmp_path, case):
+    out = tmp_path / "out"
+    if case == "file":
+        out.write_text("not a folder")
+        named = "exists and is not a directory"
+    elif case == "proc":
+        out, named = "/proc/dynadnn-run", "/proc/dynadnn-run: cannot write"
+    elif case == "readonly":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        out, named = tmp_path / "ro" / "run", "cannot write"
+    else:
+        out.mkdir()
+        (out / ("summary.json" if case == "result" else "notes.txt")).write_text("{}")
+        named = "already holds a run (summary.json)" if case == "result" else "already holds other files"
+    t = time.perf_counter()
+    refused(RUN + ["--duration", "1", "--out", out], named)
+    assert time.perf_counter() - t < 10 and not psutil.Process().children(recursive=True)
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--duration", "-1"], "--duration: expected a number > 0"),
+    (["--duration", "0"], "--duration"),
+    (["--duration", "nan"], "--duration: expected a finite number"),
+    (["--duration", "inf"], "--duration"),
+    (["--members", "1"], "--members"),
+    (["--members", "0"], "--members"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "999"], "--threads: 999 threads asked for"),
+    (["--runs", "0"], "--runs"),
+    (["--runs", "-3"], "--runs"),
+    (["--switch-only", "--runs", "0"], "--runs"),
+])
+def test_demo_refuses_bad_options_before_part_1(refused, tmp_path, monkeypatch, extra, named):
+    import dynadnn.cli.switching as switching
+
+    monkeypatch.setattr(switching, "load_source", lambda: pytest.fail("part 1 ran before the input was refused"))
+    refused(["demo", "--out", tmp_path / "demo"] + extra, named)
+
+
+@pytest.mark.parametrize("case", ["file", "other files", "proc"])
+def test_demo_refuses_an_unusable_out_before_part_1(refused, tmp_path, monkeypatch, case):
+    import dynadnn.cli.switching as switching
+
+    monkeypatch.setattr(switching, "load_source", lambda: pytest.fail("part 1 ran before --out was refused"))
+    out = tmp_path / "demo"
+    if case == "file":
+        out.write_text("x")
+        named = "exists and is not a directory"
+    elif case == "proc":
+        out, named = "/proc/dynadnn-demo", "cannot write"
+    else:
+        out.mkdir()
+        (out / "thesis.tex").write_text("precious")
+        named = "already holds other files; pass --overwrite"
+    refused(["demo", "--out", out], named)
+
+
+def test_an_earlier_demo_may_be_replaced_but_not_other_folders(tmp_path):
+    from dynadnn.cli.demo import previous_demo
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "demo.json").write_text("{}")
+    (tmp_path / "new" / "run").mkdir()
+    (tmp_path / "old" / "family").mkdir(parents=True)
+    (tmp_path / "old" / "run").mkdir()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "family").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    assert previous_demo(tmp_path / "new") and previous_demo(tmp_path / "old")
+    assert not previous_demo(tmp_path / "mine") and not previous_demo(tmp_path / "absent")
+
+
+def test_ctrl_c_during_run_leaves_no_output_and_exits_130(tmp_path, monkeypatch):
+    import dynadnn.runtime.experiment as experiment
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "setup", interrupted)
+    assert main(RUN + ["--duration", "1", "--out", str(tmp_path / "run")]) == 130
+    assert list(tmp_path.iterdir()) == []  # neither --out nor a .partial folder beside it
+
+
+def test_a_second_run_into_a_result_folder_is_refused_and_overwrite_replaces_it_whole(refused, tmp_path):
+    """Real (short) runs: the first result stays as it was; --overwrite replaces the folder, never a mix."""
+    out = tmp_path / "run"
+    argv = RUN + ["--policy", "static", "--duration", "0.5", "--out", str(out)]
+    assert main(argv) == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert first["policies"]["static"]["frames"] > 0 and sorted(p.name for p in out.iterdir()) == [
+        "summary.json", "trace.json", "trace.png"]
+    refused(argv, "already holds a run (summary.json); pass --overwrite")
+    (out / "stale.txt").write_text("from before")
+    assert main(RUN + ["--policy", "static,dofa", "--duration", "0.5", "--overwrite", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "trace-dofa.json", "trace-dofa.png", "trace-static.json",
+                                                    "trace-static.png", "trace.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left beside it
