@@ -10,7 +10,12 @@ hash, so a reader never pairs a JSON with the wrong weights):
   per context, MACs and parameters, and how many BN tensors `family.safetensors` holds for it; plus the
   full non-dominated archive of the search (architecture, predicted top-1 and latency per context).
 * `family.safetensors`: each member's BN statistics calibrated for it, keys `m{i}/<bn key>` (e.g.
-  `m0/blocks.3.dw_bn.running_mean`). A member listed in one file and not the other is refused on load.
+  `m0/blocks.3.dw_bn.running_mean`). A member listed in one file and not the other is refused on load, as
+  are statistics that are not the member's own (keys and channels its architecture needs, finite numbers).
+
+Every field is checked when the family is read (types; top-1 in 0..100; latencies finite, measured ones
+positive; no member listed twice), with one-line `FamilyError`s naming the file and field; `save` runs the
+same checks first, so a family `load` would refuse is never written.
 
 Members are kept ordered by their latency in the first context (fastest first).
 """

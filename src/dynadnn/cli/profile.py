@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..supernet.checkpoint import load_checkpoint
     from ..validate import threads as check_threads
 
-    threads = [check_threads(t, "threads") for t in parse_int_list(args.threads, "--threads")]
+    threads = list(dict.fromkeys(check_threads(t, "threads") for t in parse_int_list(args.threads, "--threads")))
     res = parse_int_list(args.resolutions, "--resolutions") if args.resolutions else None
     if args.backend == "ort" and args.cuda == "yes":
         raise UserError("--backend ort: ONNX Runtime times CPU contexts only; pass --cuda no, or --backend auto "
