@@ -14,15 +14,23 @@ from ..errors import UserError
 COMMANDS = ["demo", "info", "train", "eval", "profile", "search", "plot", "run"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (`dynadnn: error: --runs: invalid int value: 'nan'`, exit 2)
+    like every other error, instead of a usage block first."""
+
+    def error(self, message: str):
+        self.exit(2, f"dynadnn: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="dynadnn",
         description="Dynamic DNNs at run time: train or load an OFA super-network, profile this device, "
                     "search a Pareto family of sub-networks and run it under a runtime manager that meets "
                     "changing latency and accuracy targets.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
@@ -43,7 +51,10 @@ def as_flags(message: str, parser: argparse.ArgumentParser, command: str | None)
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a malformed command line (2, one line already printed)
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
