@@ -88,6 +88,10 @@ def parse_json(text: str, source: str, error: type[UserError] = UserError) -> An
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise error(f"{source}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise error(f"{source}: not valid JSON ({(str(exc).splitlines() or ['a bad value'])[0][:80]})") from None
 
 
 def read_json_object(path: str | Path, expect_format: str | None = None,

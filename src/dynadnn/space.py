@@ -21,7 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import ArchError, UserError
-from .fileio import parse_json
+from .fileio import parse_json, read_json_object
+from .validate import count, number
+from .validate import field as json_field
 
 ACTIVATIONS = ("relu", "h_swish")
 
@@ -220,44 +222,50 @@ class SearchSpace:
     # --- construction ------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "preset") -> "SearchSpace":
-        def need(key: str) -> Any:
-            if key not in data:
-                raise UserError(f"{source}: missing field '{key}'")
-            return data[key]
-
-        def stage(obj: Any, where: str) -> StageSpec:
-            if not isinstance(obj, Mapping) or "width" not in obj or "stride" not in obj:
-                raise UserError(f"{source}: field '{where}' must be an object with width, stride, act[, se]")
-            act = obj.get("act", "relu")
-            if act not in ACTIVATIONS:
-                raise UserError(f"{source}: field '{where}.act' is {act!r}; expected one of {ACTIVATIONS}")
-            return StageSpec(int(obj["width"]), int(obj["stride"]), act, bool(obj.get("se", False)))
-
-        stages = need("stages")
-        if not isinstance(stages, list) or not stages:
-            raise UserError(f"{source}: field 'stages' must be a non-empty list")
+        """A space from its JSON description (a preset file, or the `space` an artifact embeds), every field
+        checked for type, range and finiteness; a bad one raises a `UserError` naming `source` and the field.
+        Bounds (`LIMITS`, `MAX_PARAMS`) are far above OFA's: past them a file is corrupt, not a plan."""
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: expected a JSON object describing a search space, got {_kind(data)}")
+        get = _SpaceFields(data, source)
+        stages = json_field(data, "stages", list, source)
+        if not 1 <= len(stages) <= LIMITS["stages"][1]:
+            raise UserError(f"{source}: field 'stages': expected 1..{LIMITS['stages'][1]} stages, got {len(stages)}")
+        name = json_field(data, "name", str, source)
+        if not name:
+            raise UserError(f"{source}: field 'name': expected a non-empty string")
         space = cls(
-            name=str(need("name")),
-            in_channels=int(need("in_channels")),
-            n_classes=int(need("n_classes")),
-            first_conv=stage(need("first_conv"), "first_conv"),
-            first_block=stage(need("first_block"), "first_block"),
-            stages=tuple(stage(s, f"stages[{i}]") for i, s in enumerate(stages)),
-            final_expand=int(need("final_expand")),
-            feature_mix=int(need("feature_mix")),
-            ks_choices=tuple(sorted(int(v) for v in need("ks_choices"))),
-            e_choices=tuple(sorted(int(v) for v in need("e_choices"))),
-            d_choices=tuple(sorted(int(v) for v in need("d_choices"))),
-            resolutions=tuple(sorted(int(v) for v in need("resolutions"))),
-            r_encoding=data.get("r_encoding"),
-            bn_momentum=float(data.get("bn_momentum", 0.1)),
-            bn_eps=float(data.get("bn_eps", 1e-5)),
-            dropout=float(data.get("dropout", 0.1)),
-            description=str(data.get("description", "")),
+            name=name, in_channels=get.integer("in_channels"), n_classes=get.integer("n_classes"),
+            first_conv=get.stage(data.get("first_conv"), "first_conv"),
+            first_block=get.stage(data.get("first_block"), "first_block"),
+            stages=tuple(get.stage(s, f"stages[{i}]") for i, s in enumerate(stages)),
+            final_expand=get.integer("final_expand", "width"), feature_mix=get.integer("feature_mix", "width"),
+            ks_choices=get.choices("ks_choices", "kernel"), e_choices=get.choices("e_choices", "expand"),
+            d_choices=get.choices("d_choices", "depth"), resolutions=get.choices("resolutions", "resolution"),
+            r_encoding=get.r_encoding(),
+            bn_momentum=get.real("bn_momentum", 0.1, low=0.0, high=1.0),
+            bn_eps=get.real("bn_eps", 1e-5, low=0.0, high=1.0, low_open=True),
+            dropout=get.real("dropout", 0.1, low=0.0, high=1.0, high_open=True),
+            description=json_field(data, "description", str, source, required=False) or "",
         )
         if any(k % 2 == 0 for k in space.ks_choices):
-            raise UserError(f"{source}: field 'ks_choices' must hold odd kernel sizes, got {space.ks_choices}")
+            raise UserError(f"{source}: field 'ks_choices' must hold odd kernel sizes, got {list(space.ks_choices)}")
+        params = space.max_params()
+        if params > MAX_PARAMS:
+            raise UserError(f"{source}: its largest network would have {params:.3g} parameters (at most "
+                            f"{MAX_PARAMS:.0e}); check the widths, expand ratios and depths")
         return space
+
+    def max_params(self) -> int:
+        """Weights of the super-network (its largest member plus the classifier), from the shapes alone."""
+        lay = self.layout(self.resolutions[0])
+        total = lay.stem.cin * lay.stem.cout * 9 + lay.final.cin * lay.final.cout + lay.mix.cin * lay.mix.cout
+        total += lay.mix.cout * lay.n_classes
+        for b in lay.blocks:
+            mid, k = b.max_mid, max(b.ks_choices)
+            se = 2 * mid * b.se_width(mid) if b.se else 0
+            total += (b.cin * mid if b.expands else 0) + mid * k * k + mid * b.cout + se
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         def st(s: StageSpec) -> dict[str, Any]:
@@ -440,6 +448,79 @@ class SearchSpace:
         return out
 
 
+# Bounds of what a search-space file may describe (inclusive), far beyond OFA's: past them it is a typo or
+# a corrupt file. `MAX_PARAMS` bounds the super-network the description would build (OFA w1.2: 1.1e7).
+LIMITS: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 64), "n_classes": (1, 100_000), "width": (1, 8192), "stride": (1, 4), "stages": (1, 32),
+    "kernel": (1, 15), "expand": (1, 16), "depth": (1, 32), "resolution": (1, 4096), "choices": (1, 64),
+    "r_start": (0, 4096), "r_step": (1, 4096), "r_slots": (1, 1024),
+}
+MAX_PARAMS = 100_000_000
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true or false",
+            type(None): "null"}.get(type(value), "a number")
+
+
+class _SpaceFields:
+    """Checked reads of one search-space description's fields (see `SearchSpace.from_dict`)."""
+
+    def __init__(self, data: Mapping[str, Any], source: str):
+        self.data, self.source = data, source
+
+    def integer(self, key: str, limit: str | None = None, doc: Mapping[str, Any] | None = None,
+                where: str = "") -> int:
+        doc = self.data if doc is None else doc
+        name = f"{self.source}: field '{where + '.' if where else ''}{key}'"
+        if key not in doc:
+            raise UserError(f"{name} is missing")
+        low, high = LIMITS[limit or key]
+        return count(doc[key], name, low=low, high=high)
+
+    def real(self, key: str, default: float, **bounds: Any) -> float:
+        value = self.data.get(key, default)
+        return number(value, f"{self.source}: field '{key}'", **bounds)
+
+    def stage(self, obj: Any, where: str) -> StageSpec:
+        if not isinstance(obj, Mapping):
+            raise UserError(f"{self.source}: field '{where}' must be an object with width, stride, act[, se], "
+                            f"got {_kind(obj)}")
+        act = obj.get("act", "relu")
+        if not isinstance(act, str) or act not in ACTIVATIONS:
+            raise UserError(f"{self.source}: field '{where}.act' is {_short(act)}; expected one of {ACTIVATIONS}")
+        se = obj.get("se", False)
+        if not isinstance(se, bool):
+            raise UserError(f"{self.source}: field '{where}.se': expected true or false, got {_short(se)}")
+        return StageSpec(self.integer("width", doc=obj, where=where), self.integer("stride", doc=obj, where=where),
+                         act, se)
+
+    def choices(self, key: str, limit: str) -> tuple[int, ...]:
+        values = json_field(self.data, key, list, self.source)
+        low, high = LIMITS["choices"]
+        if not low <= len(values) <= high:
+            raise UserError(f"{self.source}: field '{key}': expected {low}..{high} choices, got {len(values)}")
+        lo, hi = LIMITS[limit]
+        out = [count(v, f"{self.source}: field '{key}[{i}]'", low=lo, high=hi) for i, v in enumerate(values)]
+        if len(set(out)) != len(out):
+            raise UserError(f"{self.source}: field '{key}' lists a choice twice: {out}")
+        return tuple(sorted(out))
+
+    def r_encoding(self) -> dict | None:
+        raw = self.data.get("r_encoding")
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise UserError(f"{self.source}: field 'r_encoding': expected an object with start, step and slots "
+                            f"(or null), got {_kind(raw)}")
+        return {key: self.integer(key, f"r_{key}", doc=raw, where="r_encoding") for key in ("start", "step", "slots")}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
     """Round a channel count to a multiple of `divisor` without dropping more than 10 % (as OFA/TF do)."""
     min_val = min_val or divisor
@@ -455,13 +536,17 @@ def list_presets() -> list[str]:
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """A preset by name (`tiny`, `ofa_mbv3_w1.0`, `ofa_mbv3_w1.2`) or a JSON file path."""
-    text, source = None, str(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in list_presets():
         text = resources.files("dynadnn.presets").joinpath(f"{name_or_path}.json").read_text()
         source = f"preset '{name_or_path}'"
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise UserError(f"unknown preset '{name_or_path}': expected one of {', '.join(list_presets())} or a JSON file")
-        text = path.read_text()
-    return SearchSpace.from_dict(parse_json(text, source), source)
+        return SearchSpace.from_dict(parse_json(text, source), source)
+    path = Path(name_or_path)
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        found = False
+    if not found:
+        raise UserError(f"unknown preset {_short(str(name_or_path))}: expected one of {', '.join(list_presets())} "
+                        "or a JSON file")
+    source = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-40:]}"
+    return SearchSpace.from_dict(read_json_object(path), source)
