@@ -62,10 +62,30 @@ def no_family(monkeypatch):
     (["--scenario", "nope"], "--scenario: unknown scenario 'nope'"),
     (["--scenario", ""], "--scenario"),
     (["--scenario", "x" * 5000 + ".json"], "--scenario"),
+    (["--dataset", "nope"], "--dataset: unknown dataset 'nope'"),
+    (["--dataset", "imagefolder:"], "--dataset"),
 ])
 def test_run_refuses_bad_options(refused, no_family, tmp_path, extra, named):
     refused(RUN + extra + ["--out", tmp_path / "run"], named)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("family, named", [
+    ("", "family: expected a family directory"),
+    ("/nonexistent/family", "family '/nonexistent/family': not a family directory"),
+    ("f" * 5000, "family: cannot read"),
+    ("random:nope", "unknown preset 'nope'"),
+    ("zoo:nope", "zoo:nope"),
+])
+def test_run_refuses_a_family_that_is_not_there(refused, tmp_path, family, named):
+    refused(["run", family] + RUN[2:] + ["--out", tmp_path / "run"], named)
+
+
+@pytest.mark.parametrize("verb", ["run", "demo"])
+@pytest.mark.parametrize("out, named", [("", "--out: expected a folder"), (".", "is the working, home or root folder")])
+def test_out_that_would_replace_a_working_folder_is_refused(refused, no_family, verb, out, named):
+    argv = RUN + ["--overwrite"] if verb == "run" else ["demo", "--overwrite"]
+    refused(argv + ["--out", out], named)
 
 
 BAD_SCENARIOS = [

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dynadnn.data import resize_batch
+from dynadnn.errors import UserError
 from dynadnn.runtime.manager import InferenceFailed, RuntimeManager
 from dynadnn.runtime.members import hand_picked_archs, load_family
 from dynadnn.runtime.options import Targets
@@ -192,3 +193,58 @@ def test_hand_picked_family_from_a_checkpoint_is_cached_as_a_family_directory(tm
     as_family = load_family(str(dirs[0]), dataset="digits")
     assert as_family.origin["kind"] == "family" and as_family.archs == first.archs
     assert as_family.top1 == pytest.approx(first.top1)
+
+
+@pytest.mark.parametrize("spoil, msg", [
+    (lambda s: s.bn_stats.__setitem__(1, {}), "member 1: no BN statistics"),
+    (lambda s: s.bn_stats[0].pop(next(iter(s.bn_stats[0]))), "member 0: BN statistics '.*' are missing"),
+    (lambda s: s.bn_stats[0].__setitem__("final_bn.running_var", torch.full_like(s.bn_stats[0]["final_bn.running_var"],
+                                                                                   float("nan"))), "non-finite"),
+    (lambda s: s.bn_stats[0].__setitem__("final_bn.running_mean", torch.zeros(3)), r"have shape \(3,\)"),
+    (lambda s: s.top1.__setitem__(0, float("nan")), "member 0: top1: expected a finite number"),
+    (lambda s: s.top1.pop(), "entries in top1"),
+])
+def test_a_member_that_cannot_be_served_faithfully_is_refused(source, spoil, msg):
+    """Members built in Python (not read from a family file) are checked too: none is served uncalibrated."""
+    import copy
+
+    spoiled = copy.copy(source)
+    spoiled.bn_stats = [dict(b) for b in source.bn_stats]
+    spoiled.top1 = list(source.top1)
+    spoil(spoiled)
+    with pytest.raises(UserError, match=msg):
+        make(spoiled)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"threads": (999,)}, "threads: 999 threads asked for"),
+    ({"threads": (0,)}, "threads: expected an integer >= 1"),
+    ({"threads": ()}, "threads: expected a non-empty list"),
+    ({"backends": ("tensorflow",)}, "backends: expected one of torch, ort"),
+    ({"backends": ()}, "backends: expected a non-empty list"),
+    ({"profile_frames": 0}, "profile_frames"),
+    ({"system_period_s": float("nan")}, "system_period_s: expected a finite number"),
+    ({"targets": Targets(deadline_ms=float("nan"))}, "deadline_ms: expected a finite number"),
+    ({"targets": Targets(min_top1=150)}, "min_top1: expected a number >= 0 and <= 100"),
+    ({"targets": Targets(fps=float("inf"))}, "fps: expected a finite number"),
+])
+def test_manager_arguments_are_checked_before_any_member_is_built(source, kw, msg):
+    with pytest.raises(UserError, match=msg):
+        make(source, **kw)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"duration_s": float("nan")}, "duration: expected a finite number"),
+    ({"fps": -1}, "fps: expected a number > 0"),
+    ({"threads": [999]}, "threads: 999 threads asked for"),
+    ({"members": 1}, "members: expected an integer in 2..64"),
+    ({"calibrate_s": float("inf")}, "calibrate_s: expected a finite number"),
+    ({"dataset": "mnist"}, "dataset: unknown dataset 'mnist'"),
+])
+def test_run_experiment_checks_its_arguments_before_loading(kw, msg, monkeypatch):
+    """Python callers get the CLI's errors (named as run_experiment's parameters), before anything loads."""
+    import dynadnn.runtime.experiment as experiment
+
+    monkeypatch.setattr(experiment, "setup", lambda *a, **k: pytest.fail("loaded before the check"))
+    with pytest.raises(UserError, match=msg):
+        experiment.run_experiment("random:tiny", "contention", ["static"], **{"dataset": "digits", **kw})

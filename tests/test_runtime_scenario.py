@@ -142,3 +142,33 @@ def test_run_cli_bad_input_is_one_line(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown scenario 'nope'" in err[0]
+
+
+def test_a_scenario_built_in_python_with_a_million_competitors_starts_none():
+    """parse_scenario refuses such a file; a Scenario made directly is held to the same cap before any start."""
+    from dynadnn.runtime.scenario import Phase, Scenario
+    from dynadnn.validate import MAX_PROCESSES
+
+    big = Scenario("big", (Phase("all", 1.0, (Competitor("busy"),) * 10**6),))
+    with pytest.raises(UserError, match=f"1000000 competing processes asked for, at most {MAX_PROCESSES}"):
+        ScenarioRunner(big, duration_s=1.0)
+    pool = CompetitorPool()  # the last guard, for a caller that starts competitors itself
+    pool.procs = [(Competitor("busy"), None)] * MAX_PROCESSES  # as if that many were running
+    with pytest.raises(UserError, match=f"at most {MAX_PROCESSES} may run at once"):
+        pool.start(Competitor("busy"))
+    pool.procs = []
+    assert not psutil.Process().children(recursive=True)
+
+
+@pytest.mark.parametrize("duration", [0, -1, float("nan"), float("inf")])
+def test_a_runner_needs_a_finite_positive_duration(duration):
+    sc = parse_scenario({"phases": [{"duration": 1}]}, "t")
+    with pytest.raises(UserError, match="duration: expected"):
+        ScenarioRunner(sc, duration_s=duration)
+
+
+def test_scenario_names_and_paths_that_are_not_there(tmp_path):
+    for bad, msg in [("", "scenario: expected a shipped name"), ("x" * 5000, "scenario: "),
+                     (str(tmp_path), "is not a readable file"), (str(tmp_path / "no.json"), "is not a readable file")]:
+        with pytest.raises(UserError, match=msg):
+            load_scenario(bad)

@@ -47,7 +47,7 @@ def previous_demo(out: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from .. import validate
-    from ..runtime.experiment import check_arguments
+    from ..runtime.experiment import check_arguments, check_out
     from ..runtime.pipeline import run_pipeline
     from .common import progress_bar
 
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.switch_only:
         part1(args)
         return 0
-    out = Path(args.out)
+    out = check_out(args.out, "demo")
     with output_dir(out, "demo", MARKER, args.overwrite or previous_demo(out)) as tmp:  # a bad --out: refused now
         source = part1(args)
         if not source.trained:

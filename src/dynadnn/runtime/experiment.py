@@ -20,7 +20,7 @@ from .. import validate
 from ..fileio import output_dir, write_json
 from .calibrate import Calibration, calibrate_deadline, measure_under_loads
 from .manager import RuntimeManager
-from .members import FamilySource, load_family
+from .members import MAX_MEMBERS, FamilySource, family_kind, load_family
 from .options import MAX_FPS, Targets
 from .policies import REGISTRY, OraclePolicy, Policy, make_policy
 from .scenario import Scenario, load_scenario
@@ -46,13 +46,17 @@ def setup(family: str | Family | FamilySource, dataset: str, targets: Targets, t
         source = family
     elif isinstance(family, Family):
         source = FamilySource.from_family(family)
-    else:
-        say(f"loading family {family}")
+    else:  # nothing is logged before the family and its data set are read: a bad file gives one line
         source = load_family(family, dataset=dataset, k=members, calib_images=calib_images)
+    source.check()
+    data = load_dataset(source.dataset)
+    if data.in_channels != source.supernet.space.in_channels:
+        raise UserError(f"dataset: '{source.dataset}' has {data.in_channels} channel(s); the family's space "
+                        f"'{source.supernet.space.name}' expects {source.supernet.space.in_channels}")
+    frames = Frames.from_dataset(data, [a.r for a in source.archs])
     say(f"{len(source.archs)} members, top-1 " + ", ".join(f"{t:.1f}" for t in source.top1))
     manager = RuntimeManager(source, "static", targets, threads=threads, backends=backends, progress=say,
                              lock_memory=lock_memory, record_cpu=record_cpu)
-    frames = Frames.from_dataset(load_dataset(source.dataset), [a.r for a in source.archs])
     return Setup(source, manager, frames)
 
 
@@ -125,9 +129,6 @@ class RunArguments:
     calibrate_s: float
 
 
-MAX_MEMBERS = 64  # hand-picked members: each is made resident on every backend and thread count
-
-
 def _names(value: Any, name: str, options: Sequence[str]) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not items:
@@ -161,6 +162,29 @@ def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: floa
         validate.count(calib_images, "calib_images", low=1), validate.seconds(calibrate_s, "calibrate_s"))
 
 
+def check_out(out: Any, what: str) -> Path:
+    """A result folder: a non-empty path that is not the working, home or root folder (which `--overwrite`
+    would replace whole)."""
+    if not isinstance(out, (str, Path)) or not str(out).strip():
+        raise UserError(f"out: expected a folder for the {what}'s results, got {str(out)!r:.60}")
+    try:
+        risky = Path(out).resolve() in (Path.cwd(), Path.home(), Path("/"))
+    except (OSError, RuntimeError):
+        risky = False  # output_dir names the problem
+    if risky:
+        raise UserError(f"out: '{out}' is the working, home or root folder; expected a folder for the {what}'s results")
+    return Path(out)
+
+
+def _check_dataset(dataset: Any) -> None:
+    from ..data import DATASETS
+
+    if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.startswith("imagefolder:")):
+        raise UserError(f"dataset: unknown dataset {str(dataset)[:80]!r}: expected one of {', '.join(DATASETS)}")
+    if dataset == "imagefolder:":
+        raise UserError("dataset: 'imagefolder:' names no folder: expected imagefolder:PATH")
+
+
 def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str, policies: Sequence[str], *,
                    duration_s: float = 20.0, fps: float = 100.0, deadline_ms: float | None = None,
                    min_top1: float = 0.0, dataset: str = "animals", threads: Sequence[int] | None = None,
@@ -177,6 +201,11 @@ def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str
                         threads=threads, backends=backends, members=members, calib_images=calib_images,
                         calibrate_s=calibrate_s)
     scenario = load_scenario(scenario).check_limits()
+    if not isinstance(family, (Family, FamilySource)):
+        family_kind(family)  # a path that is not there: refused before --out is touched
+    _check_dataset(dataset)
+    if out is not None:
+        check_out(out, "run")
     if out is None:
         return _experiment(family, scenario, a, dataset, lock_memory, say)
     with output_dir(out, "run", "summary.json", overwrite) as tmp:

@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..evaluate import calibrate_members, top1
 from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
-from ..validate import number
+from ..validate import count, number
 
 
 @dataclass
@@ -134,16 +134,52 @@ def hand_picked_archs(space: SearchSpace, k: int = 5) -> list[Arch]:
     return archs
 
 
+MAX_MEMBERS = 64  # hand-picked members: each is made resident on every backend and thread count
+
+
+def family_kind(spec: str | Path) -> str:
+    """What a family spec names: "family" (a directory with family.json), "random", "zoo" or "checkpoint" (an
+    existing path); anything else is a one-line `UserError` naming `family`. Cheap: nothing is loaded."""
+    text = str(spec) if isinstance(spec, (str, Path)) else None
+    if not text or not text.strip():
+        raise UserError(f"family: expected a family directory, a checkpoint, zoo:NAME or random:PRESET, got {spec!r:.60}")
+    if text.startswith("random:"):
+        from ..space import load_space
+
+        load_space(text[len("random:"):])  # an unknown preset: refused now, not after the run has started
+        return "random"
+    if text.startswith("zoo:"):
+        from .. import zoo  # noqa: F401 - registers the zoo: scheme
+        from ..fileio import resolve_scheme
+
+        resolve_scheme(text)  # an unknown model: refused now
+        return "zoo"
+    path = Path(text)
+    try:
+        if path.is_dir() and (path / "family.json").is_file():
+            return "family"
+        exists = path.exists()
+    except OSError as exc:
+        shown = text if len(text) <= 80 else text[:40] + "..." + text[-20:]
+        raise UserError(f"family: cannot read '{shown}' ({exc.strerror or exc})") from None
+    if not exists:
+        raise UserError(f"family '{text[:120]}': not a family directory, a checkpoint file, zoo:NAME or random:PRESET")
+    return "checkpoint"
+
+
 def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: int = 1000) -> FamilySource:
     """Members from a family directory, a checkpoint (`zoo:NAME` or a path) or `random:PRESET`."""
-    path = Path(spec)
-    if path.is_dir() and (path / "family.json").is_file():
+    kind = family_kind(spec)
+    count(k, "members", low=2, high=MAX_MEMBERS)
+    count(calib_images, "calib_images", low=1)
+    spec, path = str(spec), Path(spec)
+    if kind == "family":
         from ..family import Family
 
         fam = Family.load(path)
         return FamilySource.from_family(fam, base=path, origin={"kind": "family", "path": str(path),
                                                                 "checkpoint": fam.checkpoint})
-    if spec.startswith("random:"):
+    if kind == "random":
         from ..space import load_space
 
         torch.manual_seed(0)
@@ -152,8 +188,6 @@ def load_family(spec: str, dataset: str = "animals", k: int = 5, calib_images: i
     else:
         from ..supernet.checkpoint import load_checkpoint
 
-        if not spec.startswith("zoo:") and not path.exists():
-            raise UserError(f"family '{spec}': not a family directory, a checkpoint file, zoo:NAME or random:PRESET")
         supernet, meta = load_checkpoint(spec)
         dataset = dataset_of(meta, dataset)
         origin = {"kind": "hand-picked", "checkpoint": spec}

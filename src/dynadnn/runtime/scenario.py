@@ -218,10 +218,9 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         raise UserError(f"scenario: expected a shipped name ({', '.join(list_scenarios())}) or a JSON file, "
                         f"got {name_or_path!r:.60}")
     text = str(name_or_path)
-    if "/" not in text and not text.endswith(".json") and text.isidentifier():
+    if text in list_scenarios():
         res = resources.files("dynadnn.scenarios") / f"{text}.json"
-        if res.is_file():
-            return parse_scenario(parse_json(res.read_text(), f"scenario '{text}'"), f"scenario '{text}'")
+        return parse_scenario(parse_json(res.read_text(), f"scenario '{text}'"), f"scenario '{text}'")
     try:
         is_file = Path(text).is_file()
     except (OSError, ValueError) as exc:
