@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import random
 import shutil
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -219,18 +221,25 @@ def use_space(space: SearchSpace) -> None:
 
 
 def read_family(directory: Path) -> None:
-    def use(fam: Family) -> None:
+    def use(fam: Family) -> None:  # what a family loads with is finite, latencies and counts not negative
         for m in fam.members:
-            m.top1, [m.latency(c) for c in fam.contexts]
+            assert m.top1 is None or math.isfinite(m.top1), m.top1
+            assert all(math.isfinite(m.latency(c, s)) and m.latency(c, s) >= 0 for c in fam.contexts
+                       for s in (("median", "p95") if c in m.latency_ms else ("median",))), m.latency_ms
+            assert m.macs >= 0 and m.params >= 0
         fam.sort()
 
     reads_or_refuses(lambda: Family.load(directory), use)
 
 
 def read_table(directory: Path) -> None:
-    def use(table: LatencyTable) -> None:
+    def use(table: LatencyTable) -> None:  # layer means finite and not negative, the correction finite
+        assert np.isfinite(table.block_ms).all() and (table.block_ms >= 0).all() and (table.fixed_ms >= 0).all()
+        if table.correction is not None:
+            c = table.correction
+            assert all(math.isfinite(v) for v in (c.a, c.b, c.c, *c.offsets.values())), c
         table.fastest()
-        table.predict(table.space.min_arch(table.resolutions[0]))
+        assert np.isfinite(table.predict(table.space.min_arch(table.resolutions[0]))).all()
 
     reads_or_refuses(lambda: LatencyTable.from_dynamic_ofa(directory), use)
     reads_or_refuses(lambda: load_tables(directory.parent, None, [CONTEXT]))
@@ -246,7 +255,11 @@ def read_checkpoint(path: Path) -> None:
 
 
 def read_scenario(path: Path) -> None:
-    reads_or_refuses(lambda: load_scenario(path), lambda sc: (sc.total, sc.boundaries(1.0), sc.heaviest()))
+    def use(sc: Any) -> None:
+        assert all(math.isfinite(p.duration) and p.duration > 0 for p in sc.phases), sc
+        sc.boundaries(1.0), sc.heaviest()
+
+    reads_or_refuses(lambda: load_scenario(path), use)
 
 
 # --- (a) structured fuzzing ------------------------------------------------------------------------------
