@@ -224,3 +224,28 @@ def test_a_second_run_into_a_result_folder_is_refused_and_overwrite_replaces_it_
     assert sorted(p.name for p in out.iterdir()) == ["summary.json", "trace-dofa.json", "trace-dofa.png", "trace-static.json",
                                                     "trace-static.png", "trace.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary folder left beside it
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_real_run_stops_competitors_removes_the_partial_output_and_exits_130(tmp_path, cli_env):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "dynadnn", *RUN, "--duration", "12", "--out", str(out)],
+                            env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    me, seen, deadline = psutil.Process(proc.pid), [], time.time() + 120
+    try:
+        while not seen and time.time() < deadline and proc.poll() is None:  # wait for the first competitor
+            seen = [c.pid for c in me.children(recursive=True)]
+            time.sleep(0.1)
+        assert seen, "no competitor was started"
+        assert any(p.name.endswith(".partial") for p in tmp_path.iterdir())  # the run writes beside --out
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130, proc.stderr.read()
+    finally:
+        proc.kill()
+    assert "interrupted" in proc.stderr.read()
+    assert not [p for p in seen if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert list(tmp_path.iterdir()) == []  # neither --out nor its temporary folder
