@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dynadnn.selection",),
     ("dynadnn.platform",),
     ("dynadnn.runtime",),
-    ("dynadnn.report", "dynadnn.zoo.ship"),
+    ("dynadnn.report", "dynadnn.zoo.ship", "dynadnn.pipeline"),  # pipeline: the demo's whole path
     ("dynadnn.cli",),
     ("dynadnn", "dynadnn.__main__"),  # the facade (`dynadnn/__init__.py`) and `python -m dynadnn`
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fileio import output_dir
-from ..runtime.pipeline import MARKER
+from ..pipeline import MARKER
 from .common import add_command
 
 
@@ -48,7 +48,7 @@ def previous_demo(out: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from .. import validate
     from ..runtime.experiment import check_arguments, check_out
-    from ..runtime.pipeline import run_pipeline
+    from ..pipeline import run_pipeline
     from .common import progress_bar
 
     if validate.count(args.members, "members") < 2:

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
-from ..fileio import output_dir, write_json
+from .fileio import output_dir, write_json
 
 MARKER = "demo.json"
 
@@ -40,7 +40,7 @@ class Steps:
 
 
 def profile_part(net, out: Path, progress: Callable = _quiet) -> dict:
-    from ..predict.fitting import profile_device
+    from .predict.fitting import profile_device
 
     with output_dir(out, "profile", "profile.json") as prof:
         tables = profile_device(net, ["cpu:1t", "cpu:2t"], prof, runs=320, members=30, member_runs=120,
@@ -53,9 +53,9 @@ def profile_part(net, out: Path, progress: Callable = _quiet) -> dict:
 def family_part(net, data, tables: dict, out: Path, shown: Path, step: Steps, progress: Callable = _quiet):
     import torch
 
-    from ..predict.fitting import fit_accuracy_predictor
-    from ..report import plot_front
-    from ..selection import choose_family
+    from .predict.fitting import fit_accuracy_predictor
+    from .report import plot_front
+    from .selection import choose_family
 
     with output_dir(out, "family", "family.json") as fam_dir:
         step("fit the accuracy predictor on 60 BN-calibrated members", "search (its predictor step)")
@@ -81,9 +81,9 @@ def run_pipeline(net, data, out: str | Path, duration: float, shown: str | Path 
     context manager yielding a `progress(task, done, total)` callback, shown during the first four steps."""
     from rich.console import Console
 
-    from .experiment import check_arguments, run_experiment
-    from .members import FamilySource
-    from .trace import print_summary
+    from .runtime.experiment import check_arguments, run_experiment
+    from .runtime.members import FamilySource
+    from .runtime.trace import print_summary
 
     check_arguments(["feedback", "dofa"], duration_s=duration)  # before an hour of work, not after
     out = Path(out)
