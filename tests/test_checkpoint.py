@@ -242,10 +242,15 @@ def test_files_that_are_not_checkpoints_give_one_line_errors(tmp_path):
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(path)
         assert_one_line(info.value, str(path), expected[kind])
-    for missing in (tmp_path / "nope.safetensors", tmp_path):  # absent, and a folder
-        with pytest.raises(CheckpointError) as info:
-            load_checkpoint(missing)
-        assert_one_line(info.value, "no such checkpoint file")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "nope.safetensors")
+    assert_one_line(info.value, "no such checkpoint file")
+    with pytest.raises(CheckpointError) as info:  # a folder that is not a training run
+        load_checkpoint(tmp_path)
+    assert_one_line(info.value, str(tmp_path), "is a directory, not a checkpoint")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / ("x" * 5000))
+    assert_one_line(info.value, "File name too long")
     assert snapshot(tmp_path) == before
 
 
@@ -300,3 +305,36 @@ def test_metadata_that_is_not_an_object(tiny_net, tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert_one_line(info.value, "'dynadnn'", "not valid JSON")
+
+
+def test_a_training_folder_stands_for_its_final_else_its_last_checkpoint(tiny_net, tmp_path):
+    from dynadnn.supernet.checkpoint import resolve_checkpoint_path
+
+    last = save_checkpoint(tiny_net, tmp_path / "run" / "last.safetensors", {"steps": 3})
+    assert resolve_checkpoint_path(tmp_path / "run") == last
+    assert read_checkpoint_meta(tmp_path / "run")["steps"] == 3
+    final = save_checkpoint(tiny_net, tmp_path / "run" / "final.safetensors", {"steps": 5})
+    assert resolve_checkpoint_path(str(tmp_path / "run")) == final
+    net, meta = load_checkpoint(tmp_path / "run")
+    assert meta["steps"] == 5 and net.space.name == "tiny"
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"space": 5}, "field 'space': expected an object"),
+    ({"space": {"stages": 5}}, "'space'"),
+    ({"preset": ["tiny"]}, "field 'preset': expected a string"),
+    ({"steps": "12"}, "field 'steps': expected an integer"),
+    ({"steps": -1}, "field 'steps'"),
+    ({"train_seconds": "NaN"}, "field 'train_seconds'"),
+    ({"recipe": "fast"}, "field 'recipe': expected an object"),
+    ({"metrics": [1]}, "field 'metrics'"),
+])
+def test_metadata_fields_of_the_wrong_type_are_one_line_errors(tiny_net, tmp_path, change, named):
+    path = save_checkpoint(tiny_net, tmp_path / "ok.safetensors", {"steps": 1})
+    doc = {**read_checkpoint_meta(path), **change}
+    bad = tmp_path / "bad.safetensors"
+    tensors = {k: v.contiguous() for k, v in tiny_net.state_dict().items()}
+    safetensors.torch.save_file(tensors, str(bad), metadata={"dynadnn": json.dumps(doc)})
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    assert_one_line(info.value, str(bad), named)

@@ -77,8 +77,14 @@ def test_resize_batch():
 
 
 def test_unknown_dataset_is_one_line_error():
-    with pytest.raises(UserError, match="unknown dataset 'mnist'"):
+    with pytest.raises(UserError, match="^data: unknown dataset 'mnist'"):
         load_dataset("mnist")
+    with pytest.raises(UserError, match="^data: 'imagefolder:' names no folder"):
+        load_dataset("imagefolder:")
+    with pytest.raises(UserError, match="^data: expected a dataset name"):
+        load_dataset(None)
+    with pytest.raises(UserError, match="^workers: "):
+        load_dataset("digits", workers=-1)
 
 
 # --- the restricted unpickler -----------------------------------------------------------------------
@@ -147,3 +153,20 @@ def test_image_folder_errors(tmp_path):
     (root / "zebra" / "notes.txt").write_text("no images here")
     with pytest.raises(UserError, match="class 'zebra' has no images"):
         load_dataset(f"imagefolder:{root}")
+
+
+def test_a_folder_of_only_corrupt_images_is_refused_when_loaded(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(30):
+            (tmp_path / c / f"{i}.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(UserError, match="training split: none of the 16 image\\(s\\) tried could be decoded"):
+        load_dataset(f"imagefolder:{tmp_path}", workers=0)
+
+
+def test_a_path_too_long_or_a_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="File name too long"):
+        load_dataset(f"imagefolder:{tmp_path / ('x' * 5000)}")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="not a directory"):
+        load_dataset(f"imagefolder:{tmp_path / 'f'}")

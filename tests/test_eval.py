@@ -11,7 +11,7 @@ from torch import nn
 
 from dynadnn.errors import UserError
 from dynadnn.evaluate import count_macs_params, evaluate_members, member_cost, parse_subnets
-from dynadnn.space import load_space
+from dynadnn.space import SearchSpace, load_space
 from dynadnn.supernet import SuperNet
 from dynadnn.train import Recipe, train
 
@@ -45,9 +45,25 @@ def test_parse_subnets():
     members = parse_subnets("max,min,random:3", space)
     assert [n for n, _ in members] == ["max", "min", "random0", "random1", "random2"]
     assert members == parse_subnets("max,min,random:3", space)  # seeded
-    for bad in ("biggest", "random:x", ""):
-        with pytest.raises(UserError, match="--subnets"):
+    for bad in ("biggest", "random:x", "", "random:-3", "random:0", "max,random:1000000", "random:--3", "random:"):
+        with pytest.raises(UserError, match="^subnets: "):
             parse_subnets(bad, space)
+    with pytest.raises(UserError, match="^seed: "):
+        parse_subnets("max", space, seed=-1)
+    assert [n for n, _ in parse_subnets("random:1,max,random:2", space)] == ["random0", "max", "random1", "random2"]
+
+
+def test_evaluate_members_checks_its_arguments(digits):
+    net = SuperNet(load_space("tiny")).eval()
+    members = [("max", net.space.max_arch())]
+    with pytest.raises(UserError, match="^calib_images: "):
+        evaluate_members(net, digits, members, n_calib=0)
+    with pytest.raises(UserError, match="^subnets: no members"):
+        evaluate_members(net, digits, [])
+    other = load_space("tiny").to_dict()
+    other["n_classes"] = 3
+    with pytest.raises(UserError, match="10 classes; the network expects 1 and 3"):
+        evaluate_members(SuperNet(SearchSpace.from_dict(other)), digits, members)
 
 
 def test_calibrated_evaluation(trained):

@@ -83,8 +83,11 @@ def test_training_is_deterministic_given_the_seed(tmp_path, digits):
 def test_non_writable_out_is_a_one_line_error(tmp_path, digits):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(UserError, match="cannot create the directory"):
+    with pytest.raises(UserError, match="file is not a directory"):
         train(small(steps=1), blocker / "sub", data=digits, progress=False)
+    with pytest.raises(UserError, match="exists and is not a directory"):
+        train(small(steps=1), blocker, data=digits, progress=False)
+    assert blocker.read_text() == "x"
 
 
 def test_resume_refuses_a_checkpoint_of_another_preset(tmp_path, digits):
