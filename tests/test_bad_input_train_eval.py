@@ -6,6 +6,7 @@ never replaced without --overwrite, an overwrite replaces it whole, Ctrl-C at an
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,8 @@ TRAIN_CASES = {
     "imagefolder without a path": (["--data", "imagefolder:"], "--data"),
     "unknown preset": (["--preset", "nope"], "nope"),
     "missing init": (["--init", "{root}/absent.safetensors"], "absent.safetensors: no such checkpoint"),
+    "unknown zoo model as init": (["--init", "zoo:nope"], "zoo:nope: no such shipped model"),
+    "a folder that is not a run as init": (["--init", "{root}/not-a-run"], "is a directory, not a checkpoint"),
     "missing image folder": (["--data", "imagefolder:{root}/absent"], "no such directory"),
     "one class for ten": (["--data", "imagefolder:{root}/one"], "1 classes"),
     "all images corrupt": (["--data", "imagefolder:{root}/corrupt"], "could be decoded"),
@@ -114,18 +117,21 @@ def test_train_refuses_cuda_without_a_gpu(refused, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["a file", "below a file", "path too long", "under /proc", "a finished run",
-                                  "other files"])
+                                  "an interrupted run", "other files", "empty"])
 def test_train_refuses_the_output_folder(case, refused, tmp_path):
     (tmp_path / "file").write_text("x")
     run = tmp_path / "run"
     save_checkpoint(SuperNet(load_space("tiny")), run / "final.safetensors", {"steps": 1})
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
+    save_checkpoint(SuperNet(load_space("tiny")), tmp_path / "cut" / "last.safetensors", {"steps": 1})
     out, named = {"a file": (tmp_path / "file", "exists and is not a directory"),
                   "below a file": (tmp_path / "file" / "sub", "is not a directory"),
                   "path too long": (tmp_path / LONG, "File name too long"),
                   "under /proc": (Path("/proc/dynadnn-test-out"), "--out"),
                   "a finished run": (run, "already holds a training run"),
+                  "an interrupted run": (tmp_path / "cut", "pass --resume to continue it, --overwrite"),
+                  "empty": ("", "--out: expected a folder"),
                   "other files": (tmp_path / "busy", "already holds other files")}[case]
     refused(TRAIN + ["--out", out], named)
 
@@ -135,6 +141,8 @@ EVAL_CASES = {
     "a folder that is not a run": (["{root}/not-a-run"], "is a directory, not a checkpoint"),
     "path too long": (["{root}/" + LONG], "File name too long"),
     "not a checkpoint": (["{root}/text.safetensors"], "not a checkpoint"),
+    "unknown zoo model": (["zoo:nope"], "zoo:nope: no such shipped model (available: zoo:animals"),
+    "zoo name too long": (["zoo:" + LONG], "no such shipped model"),
     "metadata space 5": (["{root}/space5.safetensors"], "field 'space': expected an object"),
     "metadata steps text": (["{root}/stepsx.safetensors"], "field 'steps'"),
     "metadata steps negative": (["{root}/steps-neg.safetensors"], "field 'steps'"),
@@ -285,3 +293,22 @@ def test_eval_accepts_a_training_folder_and_writes_nothing(folder, files, tmp_pa
 
 def test_threads_within_the_cpus_are_accepted(tmp_path):
     assert main(TRAIN + ["--steps", "1", "--threads", str(available_cpus()), "--out", str(tmp_path / "o")]) == 0
+
+
+def test_overwrite_refuses_the_current_directory(tmp_path, digits, monkeypatch):
+    _old_run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run")
+    for out in (".", tmp_path):
+        with pytest.raises(UserError, match="^out: .* holds the current directory"):
+            train(_small(), out, overwrite=True, data=digits, progress=False)
+    assert (tmp_path / "run" / "stale.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_read_only_folder_is_refused_before_any_work(refused, tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        refused(TRAIN + ["--out", tmp_path / "ro" / "run"], "is not writable")
+    finally:
+        (tmp_path / "ro").chmod(0o700)

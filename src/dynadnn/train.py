@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .data import load_dataset, resize_batch
 from .errors import CheckpointError, UserError
-from .fileio import _oserror, _replace_dir, atomic_write, read_safetensors
+from .fileio import _replace_dir, atomic_write, read_safetensors
 from .space import Arch, SearchSpace, load_space
 from .supernet import SuperNet, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .supernet.checkpoint import resolve_checkpoint_path
@@ -236,12 +236,17 @@ def _shown(path: Path) -> str:
     return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
 
 
-def check_out(out: Path, resume: bool = False, overwrite: bool = False) -> None:
+def check_out(out: str | Path, resume: bool = False, overwrite: bool = False) -> None:
     """Refuse an `out` that cannot take this run, before any work (this creates nothing): a file, a folder
     already holding a run or other files (unless `overwrite`), no checkpoint to `resume`, no write access."""
     if resume and overwrite:
         raise UserError("overwrite: cannot be combined with --resume (continue the run, or replace it)")
+    if not isinstance(out, (str, Path)) or not str(out):
+        raise UserError(f"out: expected a folder for the run, got {out!r}")
+    out = Path(out)
     try:
+        if overwrite and Path.cwd().is_relative_to(out.resolve()):
+            raise UserError(f"out: {_shown(out)} holds the current directory; refusing to replace it")
         if out.exists() and not out.is_dir():
             raise UserError(f"out: {_shown(out)} exists and is not a directory (expected a folder for the run)")
         if resume and not (out / "last.safetensors").is_file():
@@ -257,29 +262,31 @@ def check_out(out: Path, resume: bool = False, overwrite: bool = False) -> None:
             raise UserError(f"out: {_shown(anchor)} is not a directory")
         if not os.access(anchor, os.W_OK | os.X_OK):
             raise UserError(f"out: {_shown(anchor)} is not writable")
-    except OSError as exc:
-        raise UserError("out: " + _oserror(out, exc, "use it as the output folder")) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise UserError(f"out: {_shown(out)}: cannot use it as the output folder ({_why(exc)})") from None
 
 
-def check_writable(out: Path) -> None:
-    """Kept for callers: `check_out` without resume or overwrite."""
-    check_out(Path(out))
+def _why(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
 
 
 def _make_out(out: Path, resume: bool, overwrite: bool) -> tuple[Path, Path | None, bool]:
     """(the folder to write into, the folder it replaces at the first checkpoint or None, whether created).
     An overwrite writes into a fresh folder beside `out`, swapped in whole when its first checkpoint exists."""
+    created = False
     try:
         if not resume and overwrite and out.is_dir() and any(out.iterdir()):
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name[:32]}.", suffix=".partial", dir=out.parent))
             return staging, out, True
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
+        with tempfile.TemporaryFile(dir=out):  # can a file be written there?
             pass
         return out, None, created
-    except OSError as exc:
-        raise UserError("out: " + _oserror(out, exc, "write the training run here")) from None
+    except (OSError, ValueError) as exc:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise UserError(f"out: {_shown(out)}: cannot write the training run here ({_why(exc)})") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,7 +391,7 @@ def train(recipe: Recipe, out: str | Path | None, *, resume: bool = False, overw
     count(checkpoint_every, "checkpoint_every", low=0)
     device = check_device(device, "device")
     if out is not None:
-        check_out(Path(out), resume, overwrite)
+        check_out(out, resume, overwrite)
     run = _start_run(recipe, out, resume=resume, overwrite=overwrite, command=command, net=net, data=data,
                      device=device)
     try:

@@ -17,7 +17,6 @@ import argparse
 import os
 import shlex
 import sys
-from pathlib import Path
 
 from .. import validate
 from ..errors import UserError
@@ -102,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     validate.count(args.checkpoint_every, "checkpoint_every", low=0)
     if args.device is not None:
         validate.device(args.device, "device")
-    check_out(Path(args.out), args.resume, args.overwrite)  # before torch.distributed starts
+    check_out(args.out, args.resume, args.overwrite)  # before torch.distributed starts
     if threads is not None:
         torch.set_num_threads(threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

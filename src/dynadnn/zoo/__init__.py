@@ -9,6 +9,7 @@ imports nothing heavier, so `import dynadnn` stays light.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -40,11 +41,12 @@ def model_card(name: str) -> dict:
 
 def zoo_path(name: str) -> Path:
     """The checkpoint file of shipped model `name`; one-line error listing the available ones otherwise."""
-    f = _root().joinpath(f"{name}.safetensors")
-    if not name or "/" in name or not f.is_file():
+    ok = isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name) is not None
+    if not ok or not _root().joinpath(f"{name}.safetensors").is_file():
+        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:57] + "..."
         available = ", ".join(f"zoo:{n}" for n in list_models()) or "none"
-        raise CheckpointError(f"zoo:{name}: no such shipped model (available: {available})")
-    return Path(str(f))
+        raise CheckpointError(f"zoo:{shown}: no such shipped model (available: {available})")
+    return Path(str(_root().joinpath(f"{name}.safetensors")))
 
 
 register_scheme("zoo", zoo_path)
