@@ -66,7 +66,7 @@ def calibrate_members(net: SuperNet, archs: Sequence[Arch], images, n_images: in
     calibrates a sub-network before using it. `images` is a data set (`n_images` of its training split are
     drawn with `seed`) or a sequence of image batches (or (image, label) pairs), used as given."""
     if hasattr(images, "calibration_batches"):
-        images = images.calibration_batches(n_images, seed=seed)
+        images = images.calibration_batches(count(n_images, "calib_images", low=1, high=10_000_000), seed=seed)
     batches = _images(images)
     return [net.calibrate_bn(arch, [resize_batch(x, arch.r) for x in batches]) for arch in archs]
 
