@@ -30,7 +30,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -292,6 +292,25 @@ def _make_out(out: Path, resume: bool, overwrite: bool) -> tuple[Path, Path | No
 # ----------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------
+@contextmanager
+def distributed(device: str | None) -> Iterator[str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on CUDA, else Gloo) for the block and
+    yield this rank's device; otherwise yield `device` (default cpu)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield device or "cpu"
+        return
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+        yield device
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def _dist() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

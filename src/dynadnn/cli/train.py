@@ -94,7 +94,7 @@ def _recipe(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..train import check_out, train
+    from ..train import check_out, distributed, train
 
     threads = None if args.threads is None else validate.threads(args.threads, "threads")
     recipe = _recipe(args)
@@ -104,25 +104,11 @@ def run(args: argparse.Namespace) -> int:
     check_out(args.out, args.resume, args.overwrite)  # before torch.distributed starts
     if threads is not None:
         torch.set_num_threads(threads)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = args.device or ("cuda" if distributed and torch.cuda.is_available() else "cpu")
-    if distributed:
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        torch.distributed.init_process_group(backend)
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
-    command = "dynadnn " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("dynadnn") \
-        else " ".join(shlex.quote(a) for a in ["dynadnn"] + sys.argv[sys.argv.index("train"):]) \
-        if "train" in sys.argv else "dynadnn train"
-    try:
+    argv = sys.argv[sys.argv.index("train"):] if "train" in sys.argv else ["train"]
+    with distributed(args.device) as device:
         result = train(recipe, args.out, resume=args.resume, overwrite=args.overwrite,
-                       checkpoint_every=args.checkpoint_every,
-                       progress=not args.no_progress, command=command, device=device,
-                       evaluate_at_end=not args.no_eval)
-    finally:
-        if distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress, device=device,
+                       command=" ".join(shlex.quote(a) for a in ["dynadnn"] + argv), evaluate_at_end=not args.no_eval)
     if int(os.environ.get("RANK", "0")) == 0:
         m = result.metrics
         parts = [f"{result.steps} steps", f"{result.images_per_s:.0f} img/s", f"loss {result.last_loss:.3f}"]
