@@ -306,6 +306,7 @@ def distributed(device: str | None) -> Iterator[str]:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(device)
         yield device
+        torch.distributed.barrier()  # no rank tears the group down while another still uses it
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
