@@ -257,7 +257,7 @@ def test_bad_family_json_refused_when_read(good, tmp_path, refused, change, name
     assert "family" in err
 
 
-@pytest.mark.parametrize("prefix, bn_tensors, named", [("m1/", 0, "lacks"), ("m1/", None, "member m1"),
+@pytest.mark.parametrize("prefix, bn_tensors, named", [("m1/", 0, "no BN statistics"), ("m1/", None, "member m1"),
                                                        ("m2/", 0, "members[2]")])
 def test_family_member_without_bn_statistics_refused(good, tmp_path, refused, prefix, bn_tensors, named):
     fam = copy(good, "fam", tmp_path)

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import UserError
 from .fileio import read_json_object, read_safetensors
+from .supernet.bn import check_bn_stats
 from .provenance import check_checkpoint, checkpoint_space, resolve_space, sha256_file
 from .space import Arch, SearchSpace, load_space
 
@@ -258,23 +259,9 @@ def _latencies(values: Mapping[str, Any], where: str, positive: bool = False) ->
             for k, v in values.items()}
 
 
-def expected_bn(space: SearchSpace, arch: Arch) -> dict[str, int]:
-    """The BN statistics a member's calibration gives (`SuperNet.calibrate_bn`): {key: channels}."""
-    lay = space.layout(arch.r)
-    want = {"first_bn": lay.stem.cout, "final_bn": lay.final.cout}
-    blocks = [(0, lay.blocks[0], 1)] + [(1 + b, lay.slots[b], arch.e[b]) for b in space.active_blocks(arch)]
-    for idx, blk, e in blocks:
-        if blk.expands:
-            want[f"blocks.{idx}.expand_bn"] = blk.mid(e)
-        want[f"blocks.{idx}.dw_bn"] = blk.mid(e)
-        want[f"blocks.{idx}.project_bn"] = blk.cout
-    return {f"{k}.{s}": c for k, c in want.items() for s in ("running_mean", "running_var")}
-
-
 def _check_members(members: Sequence[Member], contexts: Sequence[str], space: SearchSpace, source: str) -> None:
     """No member twice; each with a positive latency in every context and its own complete, finite BN
     statistics (the member's tensors in family.safetensors: keys and channels as its architecture needs)."""
-    import torch
 
     seen: dict[Arch, int] = {}
     for i, m in enumerate(members):
@@ -286,20 +273,7 @@ def _check_members(members: Sequence[Member], contexts: Sequence[str], space: Se
         for ctx in contexts:
             if (ctx in m.latency_ms or ctx in m.latency_predicted_ms) and not m.latency(ctx) > 0:
                 raise FamilyError(f"{where}: latency in '{ctx}' is {m.latency(ctx)} ms; expected a positive number")
-        want = expected_bn(space, m.arch)
-        missing = sorted(set(want) - set(m.bn_stats))
-        extra = sorted(set(m.bn_stats) - set(want))
-        if missing or extra:
-            what = f"lacks '{missing[0]}'" if missing else f"has '{extra[0]}', which the member does not use"
-            raise FamilyError(f"{where}: its BN statistics in {WEIGHTS_NAME} {what} ({len(m.bn_stats)} of "
-                              f"{len(want)} tensors); the two files do not match")
-        for k, t in m.bn_stats.items():
-            t = torch.as_tensor(t)
-            if tuple(t.shape) != (want[k],) or not t.is_floating_point() or not bool(torch.isfinite(t).all()):
-                raise FamilyError(f"{where}: BN tensor '{k}' in {WEIGHTS_NAME}: expected {want[k]} finite numbers, "
-                                  f"got shape {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}")
-            if k.endswith("running_var") and bool((t < 0).any()):
-                raise FamilyError(f"{where}: BN tensor '{k}' in {WEIGHTS_NAME} holds a negative variance")
+        check_bn_stats(space, m.arch, m.bn_stats, f"{where}: in {WEIGHTS_NAME}", exact=True, error=FamilyError)
 
 
 def _read_member_stats(directory: Path, doc: Mapping[str, Any], members_doc: list) -> list[dict[str, Any]]:

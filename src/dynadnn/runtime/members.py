@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..evaluate import calibrate_members, top1
 from ..space import Arch, SearchSpace
 from ..supernet import SuperNet
+from ..supernet.bn import check_bn_stats
 from ..validate import count, number
 
 
@@ -47,7 +48,7 @@ class FamilySource:
                 raise UserError(f"family: {n} members but {len(seq)} entries in {what}")
         for i, (arch, stats, acc) in enumerate(zip(self.archs, self.bn_stats, self.top1)):
             number(acc, f"family: member {i}: top1", low=0.0, high=100.0)
-            check_bn_stats(self.supernet, arch, stats, f"family: member {i}")
+            check_bn_stats(self.supernet.space, arch, stats, f"family: member {i}")
         return self
 
     @classmethod
@@ -70,38 +71,6 @@ class FamilySource:
                 accs.append(float(m.top1))
         return cls(supernet.eval(), archs, bn, accs, [f"m{i}" for i in range(len(archs))], dataset,
                    origin or {"kind": "family", "checkpoint": family.checkpoint})
-
-
-def bn_keys(supernet: SuperNet, arch: Arch) -> dict[str, int]:
-    """The BN layers `arch` runs on `supernet` (`first_bn`, `blocks.3.dw_bn`, ...) and their widths."""
-    lay, space = supernet.layout, supernet.space
-    keys = {"first_bn": lay.stem.cout}
-    for idx in [0] + [1 + b for b in space.active_blocks(arch)]:
-        blk = supernet.blocks[idx]
-        mid = blk.middle(1 if idx == 0 else arch.e[idx - 1])
-        if blk.expand is not None:
-            keys[f"blocks.{idx}.expand_bn"] = mid
-        keys[f"blocks.{idx}.dw_bn"] = mid
-        keys[f"blocks.{idx}.project_bn"] = blk.cout
-    keys["final_bn"] = lay.final.cout
-    return keys
-
-
-def check_bn_stats(supernet: SuperNet, arch: Arch, stats: Any, where: str) -> None:
-    """A member's calibrated BN statistics: every layer it runs, `running_mean`/`running_var` of its width,
-    finite, variances >= 0; a one-line `UserError` naming the first that is not."""
-    if not isinstance(stats, dict) or not stats:
-        raise UserError(f"{where}: no BN statistics; expected the member's calibrated statistics "
-                        "(serving it on the super-network's shared ones would be uncalibrated)")
-    for key, width in bn_keys(supernet, arch).items():
-        for part in ("running_mean", "running_var"):
-            t = stats.get(f"{key}.{part}")
-            if not isinstance(t, Tensor):
-                raise UserError(f"{where}: BN statistics '{key}.{part}' are missing")
-            if t.dim() != 1 or t.shape[0] != width:
-                raise UserError(f"{where}: BN statistics '{key}.{part}' have shape {tuple(t.shape)}; expected ({width},)")
-            if not bool(torch.isfinite(t).all()) or (part == "running_var" and bool((t < 0).any())):
-                raise UserError(f"{where}: BN statistics '{key}.{part}' hold non-finite or negative values")
 
 
 def _family_supernet(family, base: Path | None) -> tuple[SuperNet, dict]:
