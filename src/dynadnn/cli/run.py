@@ -25,12 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                     show_defaults=True)
     p.add_argument("family", help="family directory, checkpoint path, zoo:NAME, or random:PRESET (untrained, for tests)")
     p.add_argument("--deadline-ms", type=float, default=None,
-                   help="latency deadline per inference; 'auto' when omitted: calibrated from measured latencies so "
-                        "the most accurate member misses >= 20%% of frames in the heaviest phase")
+                   help="latency deadline per inference; 'auto' when omitted: calibrated from latencies measured "
+                        "under the scenario's loads at its pacing (the most accurate member misses ~20%% of the heavy "
+                        "load's frames, or 'static suffices' when the scenario does not bite)")
     p.add_argument("--policy", default="feedback", help="policy name(s), comma separated: static, dofa, feedback, oracle")
     p.add_argument("--scenario", default="contention", help="a shipped scenario (contention, flood) or a JSON file")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per policy run")
-    p.add_argument("--fps", type=float, default=100.0, help="frame rate of the stream")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the stream (default: the scenario's "
+                   "pacing, else 100)")
     p.add_argument("--min-top1", type=float, default=0.0, help="minimum accuracy target (percent)")
     p.add_argument("--dataset", default="animals", help="dataset whose test split feeds the stream (if the family "
                    "does not name one)")

@@ -2,13 +2,16 @@
 processes and the same frame pacing as the run: the oracle's table, and the deadline that makes a
 contention experiment real rather than lax.
 
-`calibrate_deadline` picks the deadline so that, in the heaviest phase, the most accurate member run
-statically misses at least `static_miss` of its frames while the fastest member at its best thread count
-meets it for at least `fastest_on_time` of them (the issue's "the problem must be real" rule).
+`calibrate_deadline` (a run's `--deadline-ms auto`) says plainly when a scenario does not bite (the most
+accurate member, run statically, is on time >= 99 % under every load: "static suffices", and the deadline is
+there); otherwise it picks the deadline so that, under the heavy load, the most accurate member run
+statically misses about `static_miss` of its frames while the fastest member meets it for at least
+`fastest_on_time` of them; never above 1.5x the slowest member's p99 under the heavy load.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -17,7 +20,7 @@ import numpy as np
 from ..errors import UserError
 from ..validate import number, seconds
 from .manager import RuntimeManager
-from .scenario import CompetitorPool, Scenario
+from .scenario import Scenario
 from .stream import Frames, wait_for_tick
 
 clock = time.perf_counter
@@ -41,58 +44,72 @@ class Calibration:
         return float(np.mean(lat <= deadline_ms)) if len(lat) else 0.0
 
 
+def load_key(phase) -> tuple:
+    """What makes two phases the same load: their competitors (every field) and any other field a phase
+    carries besides its name, duration and targets (e.g. a CPU set or a bandwidth cap), so a new kind of load
+    is measured on its own rather than merged with one that looks alike."""
+    from dataclasses import fields, is_dataclass
+
+    comps = tuple(sorted(repr(c) for c in phase.competitors))
+    extra = () if not is_dataclass(phase) else tuple(
+        (f.name, repr(getattr(phase, f.name))) for f in fields(phase)
+        if f.name not in ("name", "duration", "competitors", "targets") and getattr(phase, f.name) not in (None, (), [], {}))
+    return comps, extra
+
+
 def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scenario, seconds_per_load: float,
                         fps: float, settle_s: float = 0.3, focus: list[int] | None = None,
                         progress=None) -> Calibration:
-    """Every option at `fps` under each distinct competitor set of `scenario`, in contiguous blocks; the
+    """Every option at `fps` under each distinct load of `scenario` (`load_key`), in contiguous blocks; the
     `focus` options (by default those the deadline rule reads: the static most-accurate option and the
     fastest member's options) get three times the samples."""
+    from .conditions import Conditions
+
     seconds_per_load = seconds(seconds_per_load, "calibrate_s")
     fps = number(fps, "fps", low=0.0, low_open=True)
     scenario.check_limits()  # before any competitor starts
     if focus is None:
         focus = deadline_options(manager)
     keys: dict[tuple, int] = {}
-    phase_keys = []
-    for ph in scenario.phases:
-        sig = tuple(sorted((c.kind, c.threads, c.size) for c in ph.competitors))
-        phase_keys.append(keys.setdefault(sig, len(keys)))
-    heavy_phase = scenario.heaviest()
-    lat: dict[int, list[list[float]]] = {}
-    n_opt = len(manager.options)
-    period = 1.0 / fps
+    phase_keys = [keys.setdefault(load_key(ph), len(keys)) for ph in scenario.phases]
+    lat: dict[int, list[np.ndarray]] = {}
     loads = []
     for key in range(len(keys)):
         phase = scenario.phases[phase_keys.index(key)]
         loads.append(phase.name)
-        pool = CompetitorPool()
+        cond = Conditions()  # no manager: a phase's target changes are not a load, and are left out here
         try:
-            for comp in phase.competitors:
-                pool.start(comp)
+            cond.enter(phase, phase_keys.index(key))  # co-runners, CPU set, CPU cap: as in the run
             time.sleep(settle_s)
-            per = [[] for _ in range(n_opt)]
-            # each option runs a contiguous block at the stream's pacing, as it would when chosen (its duty
-            # cycle decides how the scheduler treats the process); focus options get three blocks' worth
-            weights = [3 if i in focus else 1 for i in range(n_opt)]
-            unit = seconds_per_load / sum(weights)
-            k = 0
-            for i in range(n_opt):
-                end = clock() + unit * weights[i]
-                next_t = clock()
-                manager.runners[i](frames.frame(k))  # one untimed frame: the switch itself is not the point here
-                while clock() < end:
-                    next_t = wait_for_tick(next_t, period)
-                    x = frames.frame(k)
-                    t0 = clock()
-                    manager.runners[i](x)
-                    per[i].append((clock() - t0) * 1e3)
-                    k += 1
-            lat[key] = [np.asarray(v) for v in per]
+            lat[key] = _measure_options(manager, frames, seconds_per_load, 1.0 / fps, focus)
         finally:
-            pool.stop_all()
+            cond.close()
         if progress is not None:
             progress(key + 1, len(keys))
-    return Calibration(phase_keys, lat, phase_keys[heavy_phase], loads, keys.get(()))
+    return Calibration(phase_keys, lat, phase_keys[scenario.heaviest()], loads, keys.get(((), ())))
+
+
+def _measure_options(manager: RuntimeManager, frames: Frames, seconds_total: float, period: float,
+                     focus: list[int]) -> list[np.ndarray]:
+    """Each option runs a contiguous block at the stream's pacing, as it would when chosen (its duty cycle
+    decides how the scheduler treats the process); `focus` options get three blocks' worth."""
+    n_opt = len(manager.options)
+    per: list[list[float]] = [[] for _ in range(n_opt)]
+    weights = [3 if i in focus else 1 for i in range(n_opt)]
+    unit = seconds_total / sum(weights)
+    k = 0
+    for i in range(n_opt):
+        end = clock() + unit * weights[i]
+        next_t = clock()
+        manager.runners[i](frames.frame(k))  # one untimed frame: the switch itself is not the point here
+        while clock() < end:
+            next_t = wait_for_tick(next_t, period)
+            x = frames.frame(k)
+            t0 = clock()
+            manager.runners[i](x)
+            per[i].append((clock() - t0) * 1e3)
+            k += 1
+    return [np.asarray(v) for v in per]
 
 
 def rule_options(manager: RuntimeManager) -> tuple[int, list[int]]:
@@ -103,8 +120,13 @@ def rule_options(manager: RuntimeManager) -> tuple[int, list[int]]:
     opts = manager.options
     static = StaticPolicy()
     static.options = opts
-    fastest_member = min({o.member for o in opts}, key=lambda m: min(o.p50_ms for o in opts if o.member == m))
-    return static.initial(manager.targets), [i for i, o in enumerate(opts) if o.member == fastest_member]
+    return static.initial(manager.targets), _member_options(opts, min)
+
+
+def _member_options(opts, pick) -> list[int]:
+    """Every option of the member whose best profiled p50 is the `pick` (min: fastest, max: slowest)."""
+    member = pick({o.member for o in opts}, key=lambda m: min(o.p50_ms for o in opts if o.member == m))
+    return [i for i, o in enumerate(opts) if o.member == member]
 
 
 def deadline_options(manager: RuntimeManager) -> list[int]:
@@ -118,38 +140,87 @@ class DeadlineChoice:
     deadline_ms: float
     static_option: int
     fastest_option: int
-    static_heavy_miss: float
-    fastest_heavy_on_time: float
-    feasible: bool
+    static_heavy_miss: float         # the static option's misses under the heavy load (the one it is slowest under)
+    fastest_heavy_on_time: float     # the fastest member's (best option's) on-time rate under its worst load
+    feasible: bool                   # the bite rule held exactly: static misses >= static_miss, the fastest meets it
+    bites: bool = True               # False: static is on time >= static_on_time under every load ("static suffices")
+    static_worst_on_time: float = 0.0  # the static option's on-time rate under its worst load
+    heavy_load: str = ""
+    ceiling_ms: float = float("inf")  # ceiling_x x the slowest member's p99 under the heavy load
+    capped: bool = False             # the ceiling held the deadline down
+    static_miss: float = 0.20        # the miss rate the bite rule aims at
+
+    def message(self) -> str:
+        """One line for the run's log: whether the scenario bites, and what the deadline means."""
+        head = f"deadline {self.deadline_ms:.3f} ms: "
+        if not self.bites:
+            return (head + "the scenario does not bite: static suffices (the most accurate member is on time for "
+                    f"{self.static_worst_on_time:.1%} of frames or more under every load)")
+        where = f" under '{self.heavy_load}'" if self.heavy_load else " under the heaviest load"
+        how = "bites" if self.static_heavy_miss >= self.static_miss else "bites mildly"
+        line = (f"the scenario {how}: static (most accurate) misses {self.static_heavy_miss:.1%} of frames{where}, "
+                f"the fastest member meets the deadline for {self.fastest_heavy_on_time:.2%}")
+        if self.capped:
+            line += f" (held at the ceiling, {self.ceiling_ms:.3f} ms: 1.5x the slowest member's p99{where})"
+        return head + line
+
+
+def _q(lat: np.ndarray, q: float) -> float:
+    return float(np.quantile(lat, q)) if len(lat) else float("nan")
+
+
+def _loads_with(cal: Calibration, option: int) -> list[int]:
+    return [k for k in sorted(cal.latencies) if len(cal.latencies[k][option])]
+
+
+def _ceiling(manager: RuntimeManager, cal: Calibration, load: int, ceiling_x: float) -> float:
+    """`ceiling_x` x the slowest member's p99 under `load`, at its best measured option."""
+    p99 = [_q(cal.latencies[load][i], 0.99) for i in _member_options(manager.options, max)
+           if len(cal.latencies[load][i])]
+    return ceiling_x * min(p99) if p99 else float("inf")
 
 
 def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: float = 0.20,
                        fastest_on_time: float = 0.995, below_cap: float = 0.9, headroom: float = 1.2,
-                       idle_headroom: float = 1.1) -> DeadlineChoice:
-    """The most generous deadline that keeps the problem real: `below_cap` x the static most-accurate
-    option's heavy-phase (1 - static_miss) quantile, so it misses more than `static_miss` of its heavy
-    frames; at least `headroom` x the fastest member's (best thread count's) heavy-phase p99.5, so the
-    fastest can meet it; and at least `idle_headroom` x the static option's p95 as profiled at load on
-    the idle machine and as measured idle at the stream's pacing, so the experiment is about contention (a
-    deadline the most accurate member misses even alone is a different, degenerate problem. It happens
-    here: between paced frames the idle vCPU slows down, and a member can run ~30 % slower idle than
-    beside busy competitors). When they cannot all hold, the lower bounds win and `feasible` says so."""
+                       idle_headroom: float = 1.1, static_on_time: float = 0.99, tail_slack: float = 1.25,
+                       ceiling_x: float = 1.5) -> DeadlineChoice:
+    """The deadline of a run with `--deadline-ms auto`, from the latencies measured under the scenario's own
+    loads at its pacing. The floor: `headroom` x the fastest member's (best option's) p99.5 under its worst
+    load, so the fastest can meet it, and `idle_headroom` x the static most-accurate option's p95 as
+    profiled and as measured idle at the stream's pacing (a deadline the most accurate member misses even
+    alone is a different, degenerate problem; between paced frames the idle vCPU slows down).
+
+    When the static option is on time for `static_on_time` of frames under every load at a deadline within
+    `tail_slack` x the floor, the scenario does not bite (`bites` False: static suffices) and the deadline
+    is there. Otherwise the bite rule: `below_cap` x the static option's (1 - static_miss) quantile under
+    the heavy load (the one it is slowest under), so it misses more than `static_miss` of those frames, but
+    not below the floor. Never above `ceiling_x` x the slowest member's p99 under the heavy load."""
     opts = manager.options
     s_opt, cands = rule_options(manager)
-    heavy = cal.latencies[cal.heaviest]
     for i in [s_opt, *cands]:
-        if not len(heavy[i]):
+        if not len(cal.latencies[cal.heaviest][i]):
             raise UserError(f"calibrate_s: too short to measure option {opts[i].label()} under the heaviest load "
                             "(no frame); expected more seconds per load")
-    f_opt = min(cands, key=lambda i: float(np.quantile(heavy[i], fastest_on_time)))
-    need = float(np.quantile(heavy[f_opt], fastest_on_time))
-    cap = float(np.quantile(heavy[s_opt], 1.0 - static_miss))  # below this, >= static_miss of frames exceed it
+    loads = _loads_with(cal, s_opt)
+    heavy = max(loads, key=lambda k: _q(cal.latencies[k][s_opt], 1.0 - static_miss))
+    worst = {i: max(_q(cal.latencies[k][i], fastest_on_time) for k in _loads_with(cal, i)) for i in cands}
+    f_opt = min(cands, key=lambda i: worst[i])
     idle_p95 = opts[s_opt].p95_ms  # back to back at load ...
     if cal.idle is not None and len(cal.latencies[cal.idle][s_opt]):  # ... and at the stream's pacing, idle
-        idle_p95 = max(idle_p95, float(np.quantile(cal.latencies[cal.idle][s_opt], 0.95)))
-    idle = idle_p95 * idle_headroom
-    deadline = round(max(cap * below_cap, need * headroom, idle), 3)
-    st_miss = 1.0 - cal.on_time(s_opt, deadline)
-    f_on = cal.on_time(f_opt, deadline)
+        idle_p95 = max(idle_p95, _q(cal.latencies[cal.idle][s_opt], 0.95))
+    floor = max(worst[f_opt] * headroom, idle_p95 * idle_headroom)
+    static_ok = max(_q(cal.latencies[k][s_opt], static_on_time) for k in loads)  # on time that often everywhere
+    if static_ok <= tail_slack * floor:
+        wanted = max(static_ok, floor)
+    else:  # below the cap, >= static_miss of the heavy frames exceed the deadline
+        wanted = max(_q(cal.latencies[heavy][s_opt], 1.0 - static_miss) * below_cap, floor)
+    ceiling = _ceiling(manager, cal, heavy, ceiling_x)
+    deadline = math.ceil(min(wanted, ceiling) * 1e3 - 1e-6) / 1e3
+    static_worst = min(cal.on_time(s_opt, deadline, k) for k in loads)
+    st_miss = 1.0 - cal.on_time(s_opt, deadline, heavy)
+    f_on = min(cal.on_time(f_opt, deadline, k) for k in _loads_with(cal, f_opt))
     return DeadlineChoice(deadline, s_opt, f_opt, st_miss, f_on,
-                          feasible=st_miss >= static_miss and f_on >= fastest_on_time)
+                          feasible=st_miss >= static_miss and f_on >= fastest_on_time,
+                          bites=static_worst < static_on_time, static_worst_on_time=static_worst,
+                          heavy_load=cal.loads[heavy] if heavy < len(cal.loads) else "", ceiling_ms=round(ceiling, 3),
+                          capped=wanted > ceiling, static_miss=static_miss)

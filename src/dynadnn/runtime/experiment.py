@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..family import Family
 from .. import validate
 from ..fileio import output_dir, write_json
-from .calibrate import Calibration, calibrate_deadline, measure_under_loads
+from .calibrate import Calibration, calibrate_deadline, measure_under_loads, rule_options
 from .manager import RuntimeManager
 from .members import MAX_MEMBERS, FamilySource, family_kind, load_family
 from .options import MAX_FPS, Targets
@@ -28,6 +28,7 @@ from .stream import Frames, run_stream
 from .trace import Trace, plot_traces
 
 ORACLE_QUANTILE = 0.99  # the oracle runs the most accurate option meeting the deadline for 99 % of frames
+DEFAULT_FPS = 100.0  # the stream's frame rate when neither the caller nor the scenario's pacing sets one
 
 
 @dataclass
@@ -119,7 +120,7 @@ class RunArguments:
 
     policies: tuple[str, ...]
     duration_s: float
-    fps: float
+    fps: float | None  # None: the scenario's pacing (`stream_fps`)
     deadline_ms: float | None
     min_top1: float
     threads: tuple[int, ...] | None
@@ -136,7 +137,7 @@ def _names(value: Any, name: str, options: Sequence[str]) -> tuple[str, ...]:
     return tuple(validate.choice(v, name, options) for v in items)
 
 
-def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: float = 20.0, fps: float = 100.0,
+def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: float = 20.0, fps: float | None = None,
                     deadline_ms: float | None = None, min_top1: float = 0.0, threads: Sequence[int] | None = None,
                     backends: Sequence[str] = ("torch", "ort"), members: int = 5, calib_images: int = 1000,
                     calibrate_s: float = 3.0) -> RunArguments:
@@ -146,9 +147,10 @@ def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: floa
 
     pols = _names(policies, "policy", list(REGISTRY))
     duration = validate.seconds(duration_s, "duration")
-    fps = validate.number(fps, "fps", low=0.0, low_open=True, high=MAX_FPS)
-    if duration * fps < 1:
-        raise UserError(f"duration: {duration:g} s at {fps:g} fps serves no frame; expected at least {1 / fps:g} s")
+    if fps is not None:
+        fps = _check_fps(fps, duration)
+    else:  # the scenario's pacing is known only once the family is profiled: at least the default is checked now
+        _check_fps(DEFAULT_FPS, duration)
     if deadline_ms is not None:
         deadline_ms = validate.number(deadline_ms, "deadline_ms", low=0.0, low_open=True,
                                       high=validate.MAX_SECONDS * 1e3)
@@ -160,6 +162,35 @@ def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: floa
         pols, duration, fps, deadline_ms, validate.number(min_top1, "min_top1", low=0.0, high=100.0), threads,
         _names(backends, "backends", BACKENDS), validate.count(members, "members", low=2, high=MAX_MEMBERS),
         validate.count(calib_images, "calib_images", low=1), validate.seconds(calibrate_s, "calibrate_s"))
+
+
+def _check_fps(fps: Any, duration: float, where: str = "fps") -> float:
+    fps = validate.number(fps, where, low=0.0, low_open=True, high=MAX_FPS)
+    if duration * fps < 1:
+        raise UserError(f"duration: {duration:g} s at {fps:g} fps serves no frame; expected at least {1 / fps:g} s")
+    return fps
+
+
+def _pacing_field(pacing: Any, name: str) -> Any:
+    return pacing.get(name) if isinstance(pacing, dict) else getattr(pacing, name, None)
+
+
+def stream_fps(scenario: Scenario, manager: RuntimeManager, fps: float | None, duration_s: float) -> tuple[float, str]:
+    """The stream's frame rate and where it came from: `fps` when given; else the scenario's pacing (`fps`
+    absolute, or a period of `period_x_p50` x the most accurate option's profiled p50); else 100."""
+    if fps is not None:
+        return fps, f"{fps:g} fps (given)"
+    pacing = getattr(scenario, "pacing", None)
+    if pacing is not None and _pacing_field(pacing, "fps"):
+        fps = _check_fps(_pacing_field(pacing, "fps"), duration_s, "scenario pacing.fps")
+        return fps, f"{fps:g} fps (the scenario's pacing)"
+    if pacing is not None and _pacing_field(pacing, "period_x_p50"):
+        x = validate.number(_pacing_field(pacing, "period_x_p50"), "scenario pacing.period_x_p50", low=0.0,
+                            low_open=True)
+        p50 = manager.options[rule_options(manager)[0]].p50_ms
+        fps = _check_fps(min(MAX_FPS, 1e3 / (x * p50)), duration_s, "scenario pacing")
+        return fps, f"{fps:.4g} fps (the scenario's pacing: a period of {x:g}x the most accurate option's p50, {p50:.3f} ms)"
+    return DEFAULT_FPS, f"{DEFAULT_FPS:g} fps (default)"
 
 
 def check_out(out: Any, what: str) -> Path:
@@ -186,14 +217,16 @@ def _check_dataset(dataset: Any) -> None:
 
 
 def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str, policies: Sequence[str], *,
-                   duration_s: float = 20.0, fps: float = 100.0, deadline_ms: float | None = None,
+                   duration_s: float = 20.0, fps: float | None = None, deadline_ms: float | None = None,
                    min_top1: float = 0.0, dataset: str = "animals", threads: Sequence[int] | None = None,
                    backends: Sequence[str] = ("torch", "ort"), members: int = 5, calib_images: int = 1000,
                    calibrate_s: float = 3.0, lock_memory: bool = True, out: str | Path | None = None,
                    overwrite: bool = False, say: Callable[[str], None] = lambda m: None) -> Experiment:
-    """Serve the family's frame stream through `scenario` under each policy in turn. Without
-    `deadline_ms`, the deadline is calibrated first (`calibrate_deadline`: the most accurate member misses
-    about 20 % of the heaviest phase's frames). Competing processes are stopped on return and on errors.
+    """Serve the family's frame stream through `scenario` under each policy in turn, at `fps` (default: the
+    scenario's pacing, else 100; `stream_fps`). Without `deadline_ms`, the deadline is calibrated first
+    under the scenario's loads at that pacing (`calibrate_deadline`: "static suffices" when the scenario does
+    not bite, else the most accurate member misses about 20 % of the heavy load's frames). Competing
+    processes are stopped on return and on errors.
     Every argument is checked before anything is loaded (`check_arguments`). With `out`, the result folder
     (trace(-POLICY).json, trace.png, summary.json) is written whole through `fileio.output_dir`: an `out`
     that cannot be written, or that holds files without `overwrite`, is refused before the work starts."""
@@ -220,17 +253,17 @@ def _experiment(family: str | Family | FamilySource, scenario: Scenario, a: RunA
     st = setup(family, dataset, targets, a.threads, a.backends, a.members, say, calib_images=a.calib_images,
                lock_memory=lock_memory)
     try:
-        calibration, extra = None, {}
+        fps, how = stream_fps(scenario, st.manager, a.fps, a.duration_s)
+        say(f"pacing: {how}")
+        calibration, extra = None, {"fps": fps}
         if a.deadline_ms is None or "oracle" in a.policies:
-            calibration = calibrate(st, scenario, a.calibrate_s, a.fps, say)
+            calibration = calibrate(st, scenario, a.calibrate_s, fps, say)
         if a.deadline_ms is None:
             choice = calibrate_deadline(st.manager, calibration)
             st.manager.set_targets(deadline_ms=choice.deadline_ms)
-            extra = {"deadline_calibration": choice.__dict__}
-            say(f"deadline {choice.deadline_ms:.3f} ms: static most-accurate misses {choice.static_heavy_miss:.1%} "
-                f"of heavy-phase frames, fastest meets it for {choice.fastest_heavy_on_time:.2%}"
-                + ("" if choice.feasible else " (the rule could not be met exactly)"))
-        traces = run_policies(st, scenario, a.policies, a.duration_s, a.fps, calibration, say)
+            extra["deadline_calibration"] = choice.__dict__
+            say(choice.message())
+        traces = run_policies(st, scenario, a.policies, a.duration_s, fps, calibration, say)
         return Experiment(scenario.name, st.manager.targets.deadline_ms, traces, extra)
     finally:
         st.manager.close()

@@ -144,21 +144,34 @@ def plot_traces(traces: list[Trace], path: str | Path) -> Path:
     return path
 
 
+# the summary table's columns: header, the summary's key (None: the policy's name), format; units in the caption
+SUMMARY_COLUMNS = (("policy", None, "{}"), ("frames", "frames", "{}"), ("on time", "on_time", "{:.4f}"),
+                   ("top-1", "mean_top1", "{:.2f}"), ("acc", "accuracy_measured", "{:.2f}"), ("p50", "p50_ms", "{:.2f}"),
+                   ("p95", "p95_ms", "{:.2f}"), ("p99", "p99_ms", "{:.2f}"), ("switch", "switches", "{}"),
+                   ("dec p99", "decision_p99_us", "{:.1f}"))
+NARROW = 100  # below this console width: no p50 column, no vertical rules
+
+
 def print_summary(traces: list[Trace], console=None, title: str = "runtime manager") -> None:
+    """One row per policy. Short headers, units in the caption: readable in an 80-column terminal (there
+    the p50 column is left out and the table drawn without vertical rules)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=title)
-    for col in ("policy", "frames", "on time", "mean top-1 %", "measured acc %", "p50 ms", "p95 ms", "p99 ms",
-                "switches", "decision p99 us"):
-        table.add_column(col, justify="right")
+    narrow = console.width < NARROW
+    cols = [c for c in SUMMARY_COLUMNS if not (narrow and c[1] == "p50_ms")]
+    table = Table(title=title, box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD, pad_edge=not narrow,
+                  caption="top-1: the member's accuracy, acc: measured on the frames (%); p50/p95/p99: latency (ms); "
+                          "dec p99: the manager's time per frame (us)" if not narrow else
+                          "top-1, acc: %; p95, p99: latency ms; dec p99: manager us per frame")
+    for i, (head, _, _) in enumerate(cols):
+        table.add_column(head, justify="left" if i == 0 else "right", no_wrap=True)
     for tr in traces:
         s = tr.summary()
         if not s["frames"]:  # a run too short or too slow for one frame
-            table.add_row(tr.policy, "0", *["-"] * 8)
+            table.add_row(tr.policy, "0", *["-"] * (len(cols) - 2))
             continue
-        table.add_row(tr.policy, str(s["frames"]), f"{s['on_time']:.4f}", f"{s['mean_top1']:.2f}",
-                      f"{s['accuracy_measured']:.2f}", f"{s['p50_ms']:.2f}", f"{s['p95_ms']:.2f}", f"{s['p99_ms']:.2f}",
-                      str(s["switches"]), f"{s['decision_p99_us']:.1f}")
+        table.add_row(*[tr.policy if key is None else fmt.format(s[key]) for _, key, fmt in cols])
     console.print(table)
