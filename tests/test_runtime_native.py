@@ -104,6 +104,8 @@ def drive(policy, options, rng: random.Random, n: int, force_at: set[int]) -> li
         if rng.random() < 0.003:
             targets = targets.with_(deadline_ms=rng.uniform(2.0, 10.0))
         lat = options[cur].p50_ms * load * (1 + 0.1 * rng.random()) + (rng.expovariate(1.0) if rng.random() < 0.05 else 0)
+        if rng.random() < 0.02:  # an isolated spike: the miss-count rule must agree on what it ignores
+            lat *= rng.uniform(2.0, 6.0)
         system = rng.choice([None, SystemSample(rng.uniform(0, 2), 2, t, ok=rng.random() < 0.8)])
         if k in force_at:
             cur = rng.randrange(len(options))
@@ -120,6 +122,8 @@ def test_feedback_core_makes_the_reference_decisions(seed):
     options = ladder(random.Random(seed), threads)
     force_at = set(random.Random(seed + 100).sample(range(3000), 5))
     kw = dict(probe_s=0.3) if seed % 2 else {}
+    if seed % 4 == 1:  # a looser budget, less confidence: other miss allowances
+        kw.update(miss_budget=0.05, miss_confidence=0.8)
     ref = drive(FeedbackPolicy(**kw), options, random.Random(seed), 3000, force_at)
     nat = drive(NativeFeedbackPolicy(**kw), options, random.Random(seed), 3000, force_at)
     assert nat == ref
@@ -139,6 +143,9 @@ def test_feedback_core_rejects_bad_input():
                               targets=Targets())
     with pytest.raises(ValueError, match="window must be in 1"):  # C validates what it reads
         core.__init__(params=FakeParams(window=0), **kw)
+    for bad in (dict(miss_budget=1.0), dict(miss_confidence=0.0), dict(miss_confidence=float("nan"))):
+        with pytest.raises(ValueError, match="miss_budget < 1 and 0 < miss_confidence < 1"):
+            core.__init__(params=FakeParams(**bad), **kw)
     partial = FakeParams()
     del partial.sync_penalty
     with pytest.raises(AttributeError, match="sync_penalty"):  # every field is read from the record
@@ -160,8 +167,9 @@ def test_the_core_reads_every_field_of_the_parameter_record():
 
 
 # a change per field that alters the decisions on seed 2's stream (three thread counts): found by trying
-CHANGES = dict(margin=0.3, up_hysteresis=0.3, window=10, min_samples=30, stale_s=0.1, dwell_s=1.0, min_dwell_s=1.0,
+CHANGES = dict(miss_budget=0.1, miss_confidence=0.5, margin=0.3, up_hysteresis=0.3, window=10, min_samples=40, stale_s=0.1, dwell_s=1.0, min_dwell_s=1.0,
                probe_s=0.3, probe_slack=0.9, sync_penalty=1.0)
+BASES = dict(probe_s=dict(probe_slack=0.9))  # the miss-count rule never probes on this stream at the default slack
 
 
 def test_every_parameter_has_a_change_to_try():
@@ -175,8 +183,9 @@ def test_a_changed_parameter_reaches_both_cores(field):
     identically in C and in Python."""
     options = ladder(random.Random(2), (1, 2, 4))
     force_at = set(random.Random(102).sample(range(3000), 5))
-    params = FeedbackParams().with_(**{field: CHANGES[field]})
-    default = drive(FeedbackPolicy(), options, random.Random(2), 3000, force_at)
+    base = FeedbackParams().with_(**BASES.get(field, {}))
+    params = base.with_(**{field: CHANGES[field]})
+    default = drive(FeedbackPolicy(base), options, random.Random(2), 3000, force_at)
     ref = drive(FeedbackPolicy(params), options, random.Random(2), 3000, force_at)
     nat = drive(NativeFeedbackPolicy(params), options, random.Random(2), 3000, force_at)
     assert nat == ref and ref != default
@@ -184,7 +193,8 @@ def test_a_changed_parameter_reaches_both_cores(field):
 
 
 @pytest.mark.parametrize("bad", [dict(window=0), dict(min_samples=2.5), dict(margin=-0.1), dict(probe_s="1"),
-                                 dict(dwell_s=float("nan")), dict(windows=40)])
+                                 dict(dwell_s=float("nan")), dict(windows=40),
+                                 dict(miss_budget=1.0), dict(miss_confidence=1.5)])
 def test_bad_feedback_parameters_are_a_user_error(bad):
     with pytest.raises(UserError, match="feedback: ") as err:
         make_policy("feedback", **bad)

@@ -18,6 +18,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 
@@ -189,10 +190,11 @@ static void window_push(SortedWindow *w, int size, double value) {
 typedef struct {
     PyObject_HEAD
     int n_opt, n_ctx, wsize, min_samples;
-    double margin, up_hyst, stale_s, dwell_s, min_dwell_s, probe_s, probe_slack, sync_penalty;
+    double miss_budget, miss_conf, margin, up_hyst, stale_s, dwell_s, min_dwell_s, probe_s, probe_slack, sync_penalty;
     /* per option (index), per rank (accuracy order), per context */
     double *p50, *inv_p50, *p50_by_rank;
     int *ctx_of, *order, *rank, *ctx_by_rank;
+    int *down_k, *up_k; /* per window count 0..wsize: miss_allowances (policies/feedback.py) */
     int ctx_threads[MAX_CTX];
     double idle_tail[MAX_CTX], ref_p50[MAX_CTX], last_seen[MAX_CTX];
     SortedWindow win[MAX_CTX];
@@ -201,7 +203,8 @@ typedef struct {
     double last_switch_t, up_since, slack_since, probe_wait;
     /* prepared at the last switch / target change */
     PyObject *tg;
-    double hold_p, hold_until, deadline, budget, up_budget, p50_cur;
+    int hold_k;
+    double hold_until, deadline, budget, up_budget, p50_cur, late_ratio;
     double better_min[MAX_CTX];
     unsigned char has_better[MAX_CTX];
     /* what the last system sample said (samples are immutable: read each one once) */
@@ -227,12 +230,13 @@ static int prepare(CoreObject *s, PyObject *targets) {
         s->deadline = deadline;
     }
     double deadline = s->deadline;
-    s->hold_p = 0.0;
+    s->hold_k = 0;
     s->hold_until = -1e18;
     s->budget = deadline / (1.0 + s->margin);
     s->up_budget = deadline / (1.0 + s->margin + s->up_hyst);
     s->active = s->ctx_of[s->current];
     s->p50_cur = s->p50[s->current];
+    s->late_ratio = s->p50_cur > 0.0 ? deadline / s->p50_cur : INFINITY; /* a ratio above: a miss */
     for (int c = 0; c < s->n_ctx; c++) s->has_better[c] = 0;
     for (int r = 0; r < s->rank[s->current]; r++) {
         int c = s->ctx_by_rank[r];
@@ -295,29 +299,61 @@ static double penalty(CoreObject *s, int c, PyObject *system) {
     return (!s->sample_known || th > s->sample_free + 0.25) ? s->sync_penalty : 1.0;
 }
 
-static int models(CoreObject *s, double t, PyObject *system, double *m, double *e, double *f) {
+/* A context's model: p95(o) = (p50(o) x m + e) x f, and each ratio r of window `src` (-1: none yet, the
+   idle profile) predicts (p50(o) x m + (r - m) x ref_p50[src]) x f. */
+typedef struct {
+    double m[MAX_CTX], e[MAX_CTX], f[MAX_CTX];
+    int src[MAX_CTX];
+} Models;
+
+static int src_of(CoreObject *s, int c) { return s->win[c].count >= s->min_samples ? c : -1; }
+
+static int models(CoreObject *s, double t, PyObject *system, Models *md) {
     int a = s->active;
-    own(s, a, &m[a], &e[a]);
-    f[a] = 1.0;
+    own(s, a, &md->m[a], &md->e[a]);
+    md->f[a] = 1.0;
+    md->src[a] = src_of(s, a);
     for (int c = 0; c < s->n_ctx; c++) {
         if (c == a) continue;
         if (s->win[c].count >= s->min_samples && t - s->last_seen[c] <= s->stale_s) {
-            own(s, c, &m[c], &e[c]);
-            f[c] = 1.0;
+            own(s, c, &md->m[c], &md->e[c]);
+            md->f[c] = 1.0;
+            md->src[c] = c;
         } else {
-            m[c] = m[a];
-            e[c] = e[a];
-            f[c] = penalty(s, c, system);
-            if (f[c] < 0) return -1;
+            md->m[c] = md->m[a];
+            md->e[c] = md->e[a];
+            md->src[c] = md->src[a];
+            md->f[c] = penalty(s, c, system);
+            if (md->f[c] < 0) return -1;
         }
     }
     return 0;
 }
 
-static int first_fitting(CoreObject *s, const double *m, const double *e, const double *f, double budget, int upto) {
+/* how many of the window's values exceed x: n - bisect_right */
+static int count_above(const SortedWindow *w, double x) {
+    int lo = 0, hi = w->count;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (x < w->ordered[mid]) hi = mid; else lo = mid + 1;
+    }
+    return w->count - lo;
+}
+
+/* is an option of median p50 predicted over `limit` ms on fewer than allow[n] of the n window ratios? */
+static int fits(CoreObject *s, double m, double e, double f, int src, double p50, double limit, const int *allow) {
+    if (src < 0) return (p50 * m + e) * f <= limit;
+    double lim = f > 0.0 ? limit / f : INFINITY;
+    double ref = s->ref_p50[src];
+    if (ref <= 0.0) ref = 1.0;
+    const SortedWindow *w = &s->win[src];
+    return count_above(w, m + (lim - p50 * m) / ref) < allow[w->count];
+}
+
+static int first_fitting(CoreObject *s, const Models *md, double limit, const int *allow, int upto) {
     for (int r = 0; r < upto; r++) {
         int c = s->ctx_by_rank[r];
-        if ((s->p50_by_rank[r] * m[c] + e[c]) * f[c] <= budget) return r;
+        if (fits(s, md->m[c], md->e[c], md->f[c], md->src[c], s->p50_by_rank[r], limit, allow)) return r;
     }
     return -1;
 }
@@ -330,10 +366,11 @@ static int do_switch(CoreObject *s, int option, double t, PyObject *targets) {
     return prepare(s, targets) < 0 ? -1 : option;
 }
 
-static int go_down(CoreObject *s, double t, double pred, PyObject *system) {
-    double m[MAX_CTX], e[MAX_CTX], f[MAX_CTX];
-    if (models(s, t, system, m, e, f) < 0) return -1;
-    int r = first_fitting(s, m, e, f, s->budget, s->n_opt);
+static int go_down(CoreObject *s, double t, int late, PyObject *system) {
+    Models md;
+    if (models(s, t, system, &md) < 0) return -1;
+    const double *m = md.m, *e = md.e, *f = md.f;
+    int r = first_fitting(s, &md, s->budget, s->down_k, s->n_opt);
     int choice;
     if (r >= 0) {
         choice = s->order[r];
@@ -350,23 +387,50 @@ static int go_down(CoreObject *s, double t, double pred, PyObject *system) {
         }
     }
     if (choice != s->current) return do_switch(s, choice, t, s->tg);
-    s->hold_p = pred * 1.1; /* already on the best we have: search again if 10 % worse or after 0.1 s */
+    s->hold_k = late; /* already on the best we have: search again after one more miss or after 0.1 s */
     s->hold_until = t + 0.1;
     return s->current;
 }
 
-static int predicted_min(CoreObject *s, int c, double p50, double t, double m, double e, PyObject *system,
-                         double *out) {
-    if (s->win[c].count >= s->min_samples && t - s->last_seen[c] <= s->stale_s) {
-        double m2, e2;
-        own(s, c, &m2, &e2);
-        *out = p50 * m2 + e2;
-        return 0;
+/* does the fastest more accurate option of some context fit the upward limit? (m, e, src: the running
+   context c's model); 1 yes, 0 no, -1 error */
+static int up_fits(CoreObject *s, int c, double m, double e, int src, double t, PyObject *system) {
+    for (int u = 0; u < s->n_ctx; u++) {
+        if (!s->has_better[u]) continue;
+        double mu = m, eu = e, fu = 1.0;
+        int su = src;
+        if (u != c) {
+            if (s->win[u].count >= s->min_samples && t - s->last_seen[u] <= s->stale_s) {
+                own(s, u, &mu, &eu);
+                su = src_of(s, u);
+            } else if ((fu = penalty(s, u, system)) < 0) {
+                return -1;
+            }
+        }
+        if (fits(s, mu, eu, fu, su, s->better_min[u], s->up_budget, s->up_k)) return 1;
     }
-    double pen = penalty(s, c, system);
-    if (pen < 0) return -1;
-    *out = (p50 * m + e) * pen;
     return 0;
+}
+
+/* the probe (slack persists but the model forbids going up): one step up if it may */
+static int probe(CoreObject *s, double t, double pred, PyObject *targets, PyObject *system) {
+    if (pred <= s->probe_slack * s->deadline && s->rank[s->current] > 0) {
+        if (s->slack_since == NONE_T) {
+            s->slack_since = t;
+        } else if (t - s->slack_since >= s->probe_wait && t - s->last_switch_t >= s->min_dwell_s) {
+            int nxt = s->order[s->rank[s->current] - 1];
+            Models md;
+            if (models(s, t, system, &md) < 0) return -1;
+            int cn = s->ctx_of[nxt];
+            if ((s->p50[nxt] * md.m[cn] + md.e[cn]) * md.f[cn] <= s->deadline) {
+                s->probing = 1;
+                return do_switch(s, nxt, t, targets);
+            }
+        }
+    } else {
+        s->slack_since = NONE_T;
+    }
+    return s->current;
 }
 
 static int step(CoreObject *s, double t, double lat, int option, PyObject *targets, PyObject *system) {
@@ -383,38 +447,31 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
         s->probing = 0;
         s->probe_wait *= 2.0;
     }
-    int n = w->count;
+    int n = w->count, late = 0, down;
     double p50c = s->p50_cur, m, pred;
     if (n >= s->min_samples) {
         m = w->ordered[n / 2];
         pred = w->ordered[(int)(0.95 * n)] * p50c;
+        late = count_above(w, s->late_ratio); /* the current option's misses in the window */
+        down = late >= s->down_k[n];
     } else {
         m = 1.0;
         pred = s->idle_tail[c] * p50c;
+        down = pred > s->budget;
     }
-    double e = pred - m * p50c;
-    if (pred > s->budget) {
-        if (pred > s->hold_p || t >= s->hold_until) return go_down(s, t, pred, system);
+    if (down) {
+        if (late > s->hold_k || t >= s->hold_until) return go_down(s, t, late, system);
         return s->current;
     }
-    /* upward: a more accurate option fits with hysteresis -> after a dwell */
-    int up_ok = 0;
-    for (int u = 0; u < s->n_ctx && !up_ok; u++) {
-        if (!s->has_better[u]) continue;
-        double p;
-        if (u == c) {
-            p = s->better_min[u] * m + e;
-        } else if (predicted_min(s, u, s->better_min[u], t, m, e, system, &p) < 0) {
-            return -1;
-        }
-        up_ok = p <= s->up_budget;
-    }
-    if (up_ok) {
+    double e = pred - m * p50c;
+    int up = up_fits(s, c, m, e, n >= s->min_samples ? c : -1, t, system);
+    if (up < 0) return -1;
+    if (up) { /* upward: a more accurate option fits -> after a dwell */
         if (s->up_since == NONE_T) s->up_since = t;
         if (t - s->up_since >= s->dwell_s && t - s->last_switch_t >= s->min_dwell_s) {
-            double mm[MAX_CTX], ee[MAX_CTX], ff[MAX_CTX];
-            if (models(s, t, system, mm, ee, ff) < 0) return -1;
-            int r = first_fitting(s, mm, ee, ff, s->up_budget, s->rank[s->current]);
+            Models md;
+            if (models(s, t, system, &md) < 0) return -1;
+            int r = first_fitting(s, &md, s->up_budget, s->up_k, s->rank[s->current]);
             if (r >= 0) {
                 s->probe_wait = s->probe_s;
                 return do_switch(s, s->order[r], t, targets);
@@ -423,24 +480,7 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
         return s->current;
     }
     s->up_since = NONE_T;
-    /* probing: slack persists but the model forbids going up */
-    if (pred <= s->probe_slack * s->deadline && s->rank[s->current] > 0) {
-        if (s->slack_since == NONE_T) {
-            s->slack_since = t;
-        } else if (t - s->slack_since >= s->probe_wait && t - s->last_switch_t >= s->min_dwell_s) {
-            int nxt = s->order[s->rank[s->current] - 1];
-            double mm[MAX_CTX], ee[MAX_CTX], ff[MAX_CTX];
-            if (models(s, t, system, mm, ee, ff) < 0) return -1;
-            int cn = s->ctx_of[nxt];
-            if ((s->p50[nxt] * mm[cn] + ee[cn]) * ff[cn] <= s->deadline) {
-                s->probing = 1;
-                return do_switch(s, nxt, t, targets);
-            }
-        }
-    } else {
-        s->slack_since = NONE_T;
-    }
-    return s->current;
+    return probe(s, t, pred, targets, system);
 }
 
 /* an option index from Python, range-checked; -1 with an exception set otherwise */
@@ -505,13 +545,13 @@ static void core_free_arrays(CoreObject *s) {
     PyMem_Free(s->block);
     s->block = NULL;
     s->p50 = s->inv_p50 = s->p50_by_rank = NULL;
-    s->ctx_of = s->order = s->rank = s->ctx_by_rank = NULL;
+    s->ctx_of = s->order = s->rank = s->ctx_by_rank = s->down_k = s->up_k = NULL;
     for (int c = 0; c < MAX_CTX; c++) s->win[c].values = s->win[c].ordered = NULL;
 }
 
 static int core_alloc_arrays(CoreObject *s, int n, int n_ctx, int wsize) {
     size_t doubles = 3 * (size_t)n + 2 * (size_t)n_ctx * (size_t)wsize;
-    double *d = PyMem_Calloc(1, doubles * sizeof(double) + 4 * (size_t)n * sizeof(int));
+    double *d = PyMem_Calloc(1, doubles * sizeof(double) + (4 * (size_t)n + 2 * ((size_t)wsize + 1)) * sizeof(int));
     if (!d) {
         PyErr_NoMemory();
         return -1;
@@ -531,6 +571,8 @@ static int core_alloc_arrays(CoreObject *s, int n, int n_ctx, int wsize) {
     s->order = i + n;
     s->rank = i + 2 * n;
     s->ctx_by_rank = i + 3 * n;
+    s->down_k = i + 4 * n;
+    s->up_k = s->down_k + wsize + 1;
     return 0;
 }
 
@@ -543,6 +585,7 @@ typedef struct {
 } ParamField;
 
 static const ParamField PARAMS[] = {
+    {"miss_budget", 'd', offsetof(CoreObject, miss_budget)}, {"miss_confidence", 'd', offsetof(CoreObject, miss_conf)},
     {"margin", 'd', offsetof(CoreObject, margin)},           {"up_hysteresis", 'd', offsetof(CoreObject, up_hyst)},
     {"window", 'i', offsetof(CoreObject, wsize)},            {"min_samples", 'i', offsetof(CoreObject, min_samples)},
     {"stale_s", 'd', offsetof(CoreObject, stale_s)},         {"dwell_s", 'd', offsetof(CoreObject, dwell_s)},
@@ -567,7 +610,31 @@ static int read_params(CoreObject *s, PyObject *params) {
         Py_DECREF(v);
         if (PyErr_Occurred()) return -1;
     }
+    if (!(s->miss_budget >= 0.0 && s->miss_budget < 1.0) || !(s->miss_conf > 0.0 && s->miss_conf < 1.0)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "FeedbackCore: need 0 <= miss_budget < 1 and 0 < miss_confidence < 1, got %g, %g",
+                 s->miss_budget, s->miss_conf);
+        PyErr_SetString(PyExc_ValueError, msg);
+        return -1;
+    }
     return 0;
+}
+
+/* down_k[n], up_k[n] for n = 0..wsize: as `policies.feedback.miss_allowances`, operation for operation */
+static void miss_allowances(CoreObject *s) {
+    double q = s->miss_budget, alpha = 1.0 - s->miss_conf;
+    for (int n = 0; n <= s->wsize; n++) {
+        double p = 1.0, tail = 1.0;
+        for (int j = 0; j < n; j++) p *= 1.0 - q; /* P(K = 0) */
+        int k = 0;
+        while (k <= n && tail > alpha) {
+            tail -= p;
+            p *= (double)(n - k) / (double)(k + 1) * q / (1.0 - q);
+            k++;
+        }
+        s->down_k[n] = k;
+        s->up_k[n] = k > 2 ? k - 1 : 1;
+    }
 }
 
 /* the per-option arrays from Python sequences; order must be a permutation, ctx_of in range */
@@ -621,6 +688,7 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
     s->n_opt = (int)n;
     s->n_ctx = (int)nc;
     if (core_alloc_arrays(s, s->n_opt, s->n_ctx, s->wsize) < 0) return -1;
+    miss_allowances(s);
     if (read_options(s, p50, ctx_of, ctx_threads, order, idle_tail) < 0) return -1;
     if (current < 0 || current >= s->n_opt) {
         PyErr_SetString(PyExc_ValueError, "current: option index out of range");

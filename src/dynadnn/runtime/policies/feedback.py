@@ -1,33 +1,43 @@
-"""`feedback` (ours): predict every option's tail latency in the current conditions and jump straight to
-the most accurate one that meets the deadline with a margin. (A minimum-accuracy target cannot make it
-pick an option predicted to miss: when both cannot hold, the deadline wins.)
+"""`feedback` (ours): stay on the most accurate option while its predicted miss rate is within the budget;
+step down only when the current option's misses show, with confidence, a rate above the budget; climb back
+when a more accurate option's predicted miss rate falls back within it.
 
 Model. Per thread-count context we keep a window of slowdown ratios, measured latency / the profiled
 idle median of the option that ran. Contention does two things to a latency: it stretches the whole run
 (cache and memory-bandwidth interference, a smaller CPU share: multiplicative) and it adds preemption
-delays of a few scheduler slices whatever the network (additive). So the prediction for option `o` is
+delays of a few scheduler slices whatever the network (additive). So each ratio r of the window, measured
+on an option of median `ref`, predicts for option `o`
 
-    p95(o) = p50(o) x m + e,   m = median ratio,   e = (p95 ratio - m) x p50(current)   [ms]
+    latency(o) = p50(o) x m + (r - m) x ref,   m = median ratio          [ms]
 
-which gives exactly the measured p95 for the option running now, scales the body of the distribution for
-the others and carries the same absolute tail. A context we have not run recently borrows the active
-context's m and e, times `sync_penalty` when its threads exceed the CPUs the system monitor says are free
-(a parallel op waits for its slowest thread: 2 threads beside one busy competitor raise the median 2.5-3x
-here). Before `min_samples` measurements the idle profile (median p95/p50 of the context) stands in.
+which is exactly the measured latency for the option running now, scales the body of the distribution for
+the others and carries the same absolute tail. An option's predicted miss count at a limit is the number
+of window ratios whose prediction exceeds it (one bisect of the sorted window). A context we have not run
+recently borrows the active context's window, times `sync_penalty` when its threads exceed the CPUs the
+system monitor says are free (a parallel op waits for its slowest thread: 2 threads beside one busy
+competitor raise the median 2.5-3x here). Before `min_samples` measurements the idle profile (median
+p95/p50 of the context) stands in: an option fits when that p95 does.
 
-Control. Downward moves (the current option's prediction no longer fits) happen at once and straight to
-the option that fits: a miss costs more than a frame at lower accuracy. Upward moves need a better option
-to fit with extra hysteresis for `dwell_s` continuously and at least `min_dwell_s` after the last switch,
-so a noisy window cannot make it oscillate. When slack persists for `probe_s` (current p95 below
-`probe_slack` x deadline) but the model still forbids going up, it probes one step up; a probe that misses
-backs off the next probe twice as long.
+The rule (budget q = `miss_budget`, the fraction of frames allowed late). With n ratios in the window:
+- down: the current option's misses at the deadline reach k_down(n), the smallest k with
+  P(Binomial(n, q) >= k) <= 1 - `miss_confidence` (n = 40, q = 1 %, 95 %: 3 misses; one or two isolated
+  spikes never trip it, a sustained slowdown trips it within 3 frames). It then goes at once, straight to
+  the most accurate option predicted under k_down(n) misses at deadline / (1 + `margin`) (nothing fits:
+  the one with the smallest predicted p95);
+- up: a more accurate option predicted within the budget with hysteresis, under k_down(n) - 1 misses (at
+  least one miss short of a breach; none before the window holds a breach's worth) at the tighter deadline
+  / (1 + `margin` + `up_hysteresis`), for `dwell_s` continuously and at least `min_dwell_s` after the last
+  switch; so a noisy window cannot make it oscillate;
+- probe: when slack persists for `probe_s` (current p95 below `probe_slack` x deadline) but the model still
+  forbids going up, it probes one step up; a probe that misses backs off the next probe twice as long.
 
-Cost. Per inference: one sorted-window insert, two indexed reads and a few comparisons against thresholds
-prepared at the last switch; the search over all options runs only when a threshold trips.
+Cost. Per inference: one sorted-window insert, one bisect, two indexed reads and one bisect per context
+with a more accurate option; the search over all options runs only when a threshold trips.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, fields, replace
 
 from ...errors import UserError
@@ -36,7 +46,30 @@ from ..monitors import SortedWindow
 from ..options import Option, SystemSample, Targets, by_accuracy, fastest
 from .base import Policy
 
-Model = tuple  # (m, e_ms, factor) per context
+Model = tuple  # (m, e_ms, factor, window or None, ref_p50) per context
+INF = float("inf")
+FRACTIONS = ("miss_budget", "miss_confidence")  # fields that must also be < 1
+
+
+def miss_allowances(n_max: int, q: float, confidence: float) -> tuple[list[int], list[int]]:
+    """Per window count n = 0..n_max: (k_down(n), max(1, k_down(n) - 1)), the miss counts from which the
+    current option is over budget with `confidence`, and below which an option may be climbed to.
+    k_down(n) is the smallest k with P(Binomial(n, q) >= k) <= 1 - confidence (n + 1: never). The C core
+    computes the same tables with the same operations in the same order."""
+    alpha = 1.0 - confidence
+    down, up = [], []
+    for n in range(n_max + 1):
+        p = 1.0
+        for _ in range(n):
+            p *= 1.0 - q  # P(K = 0)
+        tail, k = 1.0, 0  # tail = P(K >= k)
+        while k <= n and tail > alpha:
+            tail -= p
+            p *= (n - k) / (k + 1) * q / (1.0 - q)
+            k += 1
+        down.append(k)
+        up.append(max(1, k - 1))
+    return down, up
 
 
 @dataclass(frozen=True)
@@ -45,7 +78,9 @@ class FeedbackParams:
     policy copies it onto itself at `reset`; the C core reads each field from it by name, and
     `_native.FEEDBACK_PARAMS` lists the names it reads). The defaults live here and nowhere else."""
 
-    margin: float = 0.10         # deadline / (1 + margin) is the budget a prediction must meet
+    miss_budget: float = 0.01    # the fraction of frames allowed late
+    miss_confidence: float = 0.95  # step down when the misses show a rate above the budget this surely
+    margin: float = 0.10         # deadline / (1 + margin): where an option not yet run must fit
     up_hysteresis: float = 0.05  # extra margin for an upward move
     window: int = 40             # slowdown ratios kept per thread-count context
     min_samples: int = 8         # before this many, the idle profile stands in for the window
@@ -63,6 +98,8 @@ class FeedbackParams:
                 raise UserError(f"feedback: {f.name} must be an integer >= 1, got {v!r}")
             if type(f.default) is float and (type(v) not in (int, float) or not v >= 0):
                 raise UserError(f"feedback: {f.name} must be a number >= 0, got {v!r}")
+            if f.name in FRACTIONS and not v < 1:
+                raise UserError(f"feedback: {f.name} must be below 1, got {v!r}")
 
     def with_(self, **changes) -> "FeedbackParams":
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
@@ -99,6 +136,7 @@ class FeedbackPolicy(Policy):
         self._thr = [self.options[i].threads for i in self.order]
         self._thr_of = [o.threads for o in self.options]
         self._inv_p50 = [1.0 / o.p50_ms if o.p50_ms > 0 else 0.0 for o in self.options]
+        self._down_k, self._up_k = miss_allowances(self.window, self.miss_budget, self.miss_confidence)
         self.last_switch_t = -1e18
         self.up_since: float | None = None
         self.slack_since: float | None = None
@@ -126,20 +164,40 @@ class FeedbackPolicy(Policy):
         m = w.ordered[n // 2]
         return m, (w.ordered[int(0.95 * n)] - m) * self.ref_p50[th]
 
+    def _src(self, th: int) -> tuple:
+        """(window, ref p50) whose ratios predict misses for context `th`, or (None, 1.0) before min_samples."""
+        w = self.ratios[th]
+        return (w, self.ref_p50[th]) if w.count >= self.min_samples else (None, 1.0)
+
     def models(self, t: float, system: SystemSample | None) -> dict[int, Model]:
-        """Per context: (m, e, factor) so that p95(o) = (p50(o) x m + e) x factor."""
+        """Per context: (m, e, factor, window, ref) so that p95(o) = (p50(o) x m + e) x factor and each
+        ratio r of the window predicts (p50(o) x m + (r - m) x ref) x factor."""
         active = self._active
         m_a, e_a = self._own(active)
-        out = {active: (m_a, e_a, 1.0)}
+        src_a = self._src(active)
+        out = {active: (m_a, e_a, 1.0, *src_a)}
         for th in self.threads:
             if th == active:
                 continue
             if self.ratios[th].count >= self.min_samples and t - self.last_seen[th] <= self.stale_s:
                 m, e = self._own(th)
-                out[th] = (m, e, 1.0)
+                out[th] = (m, e, 1.0, *self._src(th))
             else:
-                out[th] = (m_a, e_a, self._penalty(th, system))
+                out[th] = (m_a, e_a, self._penalty(th, system), *src_a)
         return out
+
+    @staticmethod
+    def _fits(model: Model, p50: float, limit: float, allow: list[int]) -> bool:
+        """Is an option of median `p50` predicted to exceed `limit` ms on fewer than allow[n] of the n
+        window ratios? (No window yet: does its idle-profile p95 fit?)"""
+        m, e, f, w, ref = model
+        if w is None:
+            return (p50 * m + e) * f <= limit
+        lim = limit / f if f > 0.0 else INF
+        if ref <= 0.0:
+            ref = 1.0
+        n = w.count
+        return n - bisect_right(w.ordered, m + (lim - p50 * m) / ref) < allow[n]
 
     def _penalty(self, th: int, system: SystemSample | None) -> float:
         if th <= 1:
@@ -149,16 +207,15 @@ class FeedbackPolicy(Policy):
 
     def predicted_p95(self, option: int, models: dict[int, Model]) -> float:
         o = self.options[option]
-        m, e, f = models[o.threads]
+        m, e, f = models[o.threads][:3]
         return (o.p50_ms * m + e) * f
 
-    def _first_fitting(self, models: dict[int, Model], budget: float, upto: int) -> int:
-        """Rank (accuracy order) of the most accurate option predicted to fit `budget` among the first
-        `upto` ranks; -1 if none."""
-        p50, thr = self._p50, self._thr
+    def _first_fitting(self, models: dict[int, Model], limit: float, allow: list[int], upto: int) -> int:
+        """Rank (accuracy order) of the most accurate option predicted to fit `limit` (`_fits`) among the
+        first `upto` ranks; -1 if none."""
+        p50, thr, fits = self._p50, self._thr, self._fits
         for r in range(upto):
-            m, e, f = models[thr[r]]
-            if (p50[r] * m + e) * f <= budget:
+            if fits(models[thr[r]], p50[r], limit, allow):
                 return r
         return -1
 
@@ -167,7 +224,7 @@ class FeedbackPolicy(Policy):
         """Budgets and, per context, the smallest profiled median among the more accurate options, so
         the per-inference path is a few comparisons."""
         self._tg = targets
-        self._hold_p, self._hold_until = 0.0, -1e18
+        self._hold_k, self._hold_until = 0, -1e18
         deadline = targets.effective_deadline_ms()
         self._deadline = deadline
         self._budget = deadline / (1.0 + self.margin)
@@ -175,6 +232,7 @@ class FeedbackPolicy(Policy):
         cur = self.options[self.current]
         self._active = cur.threads
         self._p50_cur = cur.p50_ms
+        self._late_ratio = deadline / cur.p50_ms if cur.p50_ms > 0 else INF  # a ratio above: a miss
         better = self.order[:self.rank[self.current]]
         self._better_min_p50 = {}
         for th in self.threads:
@@ -200,30 +258,24 @@ class FeedbackPolicy(Policy):
         if n >= self.min_samples:
             m = w.ordered[n // 2]
             pred = w.ordered[int(0.95 * n)] * p50c
+            late = n - bisect_right(w.ordered, self._late_ratio)  # the current option's misses in the window
+            down = late >= self._down_k[n]
         else:
             m = 1.0
             pred = self.idle_tail[th] * p50c
+            late = 0
+            down = pred > self._budget
+        if down:
+            if late > self._hold_k or t >= self._hold_until:
+                return self._go_down(t, late, system)
+            return self.current  # nothing better fitted a moment ago with as many misses
         e = pred - m * p50c
-        if pred > self._budget:
-            if pred > self._hold_p or t >= self._hold_until:
-                return self._go_down(t, pred, system)
-            return self.current  # nothing faster fitted a moment ago at about this latency
-
-        # upward: a more accurate option fits with hysteresis -> after a dwell
-        up_ok = False
-        for uth, p50b in self._better_min_p50.items():
-            if uth == th:
-                ok = p50b * m + e <= self._up_budget
-            else:
-                ok = self.predicted_min(uth, p50b, t, m, e, system) <= self._up_budget
-            if ok:
-                up_ok = True
-                break
-        if up_ok:
+        model = (m, e, 1.0, w if n >= self.min_samples else None, self.ref_p50[th])
+        if self._up_fits(th, model, t, system):  # upward: a more accurate option fits -> after a dwell
             if self.up_since is None:
                 self.up_since = t
             if t - self.up_since >= self.dwell_s and t - self.last_switch_t >= self.min_dwell_s:
-                r = self._first_fitting(self.models(t, system), self._up_budget, self.rank[self.current])
+                r = self._first_fitting(self.models(t, system), self._up_budget, self._up_k, self.rank[self.current])
                 if r >= 0:
                     self.probe_wait = self.probe_s
                     return self._switch(self.order[r], t, targets)
@@ -243,22 +295,30 @@ class FeedbackPolicy(Policy):
             self.slack_since = None
         return self.current
 
-    def predicted_min(self, th: int, p50: float, t: float, m: float, e: float, system: SystemSample | None) -> float:
-        """Predicted p95 of a profiled median `p50` in another context `th`."""
-        if self.ratios[th].count >= self.min_samples and t - self.last_seen[th] <= self.stale_s:
-            m2, e2 = self._own(th)
-            return p50 * m2 + e2
-        return (p50 * m + e) * self._penalty(th, system)
+    def _up_fits(self, th: int, model: Model, t: float, system: SystemSample | None) -> bool:
+        """Does the fastest more accurate option of some context fit the upward limit? `model` is the
+        running context's."""
+        for uth, p50b in self._better_min_p50.items():
+            if uth != th:
+                if self.ratios[uth].count >= self.min_samples and t - self.last_seen[uth] <= self.stale_s:
+                    model_u = (*self._own(uth), 1.0, *self._src(uth))
+                else:
+                    model_u = (model[0], model[1], self._penalty(uth, system), model[3], model[4])
+            else:
+                model_u = model
+            if self._fits(model_u, p50b, self._up_budget, self._up_k):
+                return True
+        return False
 
-    def _go_down(self, t: float, pred: float, system: SystemSample | None) -> int:
+    def _go_down(self, t: float, late: int, system: SystemSample | None) -> int:
         models = self.models(t, system)
-        r = self._first_fitting(models, self._budget, len(self.order))
+        r = self._first_fitting(models, self._budget, self._down_k, len(self.order))
         choice = self.order[r] if r >= 0 else min(range(len(self.options)),
                                                  key=lambda i: self.predicted_p95(i, models))
         if choice != self.current:
             return self._switch(choice, t, self._tg)
-        # already on the best we have: search again only if it gets 10 % worse or after 0.1 s
-        self._hold_p, self._hold_until = pred * 1.1, t + 0.1
+        # already on the best we have: search again only after one more miss or after 0.1 s
+        self._hold_k, self._hold_until = late, t + 0.1
         return self.current
 
     def _switch(self, option: int, t: float, targets: Targets) -> int:
@@ -277,7 +337,7 @@ class FeedbackPolicy(Policy):
 
     def describe(self) -> dict:
         return {"policy": self.name, "implementation": self.implementation, **asdict(self.params),
-                "model": "p95 = p50 x median ratio + tail excess"}
+                "model": "latency = p50 x median ratio + tail excess; down at a confident miss rate above miss_budget"}
 
 
 def _state(name: str) -> property:
