@@ -105,3 +105,39 @@ def test_cpufreq_write_refused_is_a_one_line_error(tmp_path):
 
 def test_cpufreq_absent_tree_is_not_available(tmp_path):
     assert not CpuFreq(tmp_path).available()
+
+
+def test_process_affinity_moves_every_thread_and_restores_them():
+    import threading
+
+    from dynadnn.platform.local import ProcessAffinity, thread_ids
+
+    aff = ProcessAffinity()
+    if len(aff.initial) < 2:
+        pytest.skip("one CPU: nothing to shrink")
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, daemon=True)
+    worker.start()
+    try:
+        got = aff.limit(1)
+        assert got == aff.initial[:1]
+        assert all(sorted(os.sched_getaffinity(t)) == got for t in thread_ids())  # the worker thread too
+        assert aff.limit(99) == aff.initial  # more than the process has: all of it
+    finally:
+        problems = aff.restore()
+        stop.set()
+    assert not problems
+    assert all(sorted(os.sched_getaffinity(t)) == aff.initial for t in thread_ids())
+    assert aff.restore() == []  # nothing to undo twice
+
+
+def test_llc_size_from_a_fake_cache_tree(tmp_path):
+    from dynadnn.runtime.corunners import LLC_FALLBACK_MB, llc_mb
+
+    for i, (level, size) in enumerate([(1, "48K"), (2, "1024K"), (3, "32768K")]):
+        d = tmp_path / f"index{i}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert llc_mb(tmp_path) == 32.0
+    assert llc_mb(tmp_path / "absent") == LLC_FALLBACK_MB

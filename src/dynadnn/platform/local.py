@@ -124,5 +124,66 @@ class LocalPlatform:
 MCL_CURRENT, MCL_FUTURE = 1, 2
 
 
+def thread_ids(pid: int | None = None) -> list[int]:
+    """Every thread of a process (this one by default), from /proc/PID/task."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid or os.getpid()}/task"))
+    except OSError:
+        return [pid or os.getpid()]
+
+
+class ProcessAffinity:
+    """The CPU set of a whole process, every thread of it (`os.sched_setaffinity(0, ...)` moves only the
+    calling thread, and torch's and onnxruntime's pools are threads of their own): shrink it, grow it back.
+
+        aff = ProcessAffinity()
+        aff.limit(1)      # every thread on the first CPU of the set the process started with
+        aff.restore()     # every thread back on the set it had before the first `limit`
+
+    Threads started after a `limit` inherit their creator's set; `restore` puts them on the process's
+    initial set. Raises OSError when the kernel refuses (the caller skips the event and reports it)."""
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid or os.getpid()
+        self.initial = sorted(os.sched_getaffinity(self.pid))
+        self._saved: dict[int, set[int]] | None = None
+
+    def current(self) -> list[int]:
+        return sorted(os.sched_getaffinity(self.pid))
+
+    def limit(self, n: int) -> list[int]:
+        """Every thread on the first `n` CPUs of the initial set (all of it if it has fewer); returns them."""
+        cpus = set(self.initial[:max(1, n)])
+        tids = thread_ids(self.pid)
+        if self._saved is None:
+            self._saved = {}
+            for tid in tids:
+                try:
+                    self._saved[tid] = os.sched_getaffinity(tid)
+                except OSError:
+                    pass
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:  # the thread ended meanwhile
+                pass
+        return sorted(cpus)
+
+    def restore(self) -> list[str]:
+        """Every thread back where it was before the first `limit`; returns problems (never raises)."""
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return []
+        problems = []
+        for tid in thread_ids(self.pid):
+            try:
+                os.sched_setaffinity(tid, saved.get(tid, set(self.initial)))
+            except ProcessLookupError:
+                pass
+            except OSError as exc:
+                problems.append(f"thread {tid}: {exc.strerror or exc}")
+        return problems
+
+
 def _libc():
     return ctypes.CDLL(None, use_errno=True)

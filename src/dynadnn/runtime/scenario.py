@@ -1,28 +1,26 @@
-"""Scenarios: real competing processes started and stopped on a schedule while the manager serves.
+"""Scenarios: real pressure on a timeline while the manager serves. The format is documented whole in
+docs/scenarios.md; in short, a JSON file (`dynadnn/scenarios/NAME.json` for the shipped ones, or any path):
 
-A scenario is a JSON file (`dynadnn/scenarios/NAME.json` for the shipped ones, or any path):
+    {"name": "core_loss", "pacing": {"period_x_p50": 1.3}, "phases": [
+        {"name": "idle", "duration": 1},
+        {"name": "one core, a pinned busy loop", "duration": 2, "cpus": 1,
+         "competitors": [{"kind": "busy", "pin": "app"}]},
+        {"name": "capped", "duration": 1, "cpu_quota": 0.3, "targets": {"deadline_x": 0.8}}]}
 
-    {"name": "contention", "phases": [
-        {"name": "idle", "duration": 1, "competitors": []},
-        {"name": "1 busy loop", "duration": 1, "competitors": [{"kind": "busy"}]},
-        {"name": "busy + matmul", "duration": 1, "competitors": [{"kind": "busy"}, {"kind": "matmul", "threads": 2}]},
-        {"name": "idle again", "duration": 1, "competitors": []}]}
+Durations are relative: a run of S seconds gives each phase its share. Per phase: `competitors` (co-runner
+processes, see `corunners`: busy, matmul, paced_app, membw, any of them `"pin": "app"`), `cpus` (the app's
+CPU set shrinks to N CPUs), `cpu_quota` (a CPU-bandwidth cap, a fraction of all CPUs, through a child cgroup)
+and `targets` (`deadline_ms` or `deadline_x` x the run's deadline, `min_top1`: set with manager.set_targets).
+Scenario-level `pacing` (`fps`, or `period_x_p50`: the frame period relative to the most accurate member's
+measured p50) is parsed into `Scenario.pacing`; the experiment applies it when no --fps is given.
 
-Durations are relative: a run of S seconds gives each phase its share. Competitor kinds: `busy` (a Python
-busy loop: one CPU-bound thread) and `matmul` (numpy matrix products on `threads` BLAS threads, `size` n).
-
-Every competitor runs in its own process group (`start_new_session`), is killed with SIGKILL to the
-group when its phase ends, and all are killed when the runner stops, on exceptions and on Ctrl-C (the
-`with` block); each child also exits by itself within ~0.2 s if its parent disappears, so a crash of the
-manager cannot leave busy loops behind.
+`ScenarioRunner` applies the phases (`conditions.Conditions`) in a background thread and undoes everything
+when it stops, on exceptions and on Ctrl-C (the `with` block); co-runners also exit by themselves within
+~0.2 s if the manager disappears. What a scenario may start is capped, refused before anything starts.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,55 +32,31 @@ from ..errors import UserError
 from ..fileio import parse_json, read_json_object
 from ..validate import MAX_PROCESSES, MAX_SECONDS, choice, count, number, seconds
 from ..validate import field as json_field
+from .conditions import Conditions
+from .corunners import KINDS, MAX_MATMUL, MAX_MEMBW_MB, MAX_THREADS, Competitor, CompetitorPool, check_load
+
+__all__ = ["Competitor", "CompetitorPool", "Conditions", "KINDS", "MAX_THREADS", "Pacing", "Phase", "Scenario",
+           "ScenarioRunner", "list_scenarios", "load_scenario", "parse_scenario"]
 
 clock = time.perf_counter
-KINDS = ("busy", "matmul")
-
-_BUSY = """
-import os, sys, time
-parent = int(sys.argv[1])  # given by the parent: it may already be gone when this line runs
-while True:
-    end = time.perf_counter() + 0.2
-    while time.perf_counter() < end:
-        pass
-    if os.getppid() != parent:
-        break
-"""
-
-_MATMUL = """
-import os, sys, time
-import numpy as np
-n = int(sys.argv[1])
-parent = int(sys.argv[2])
-rng = np.random.default_rng(0)
-a = rng.standard_normal((n, n)).astype(np.float32)
-b = rng.standard_normal((n, n)).astype(np.float32)
-last = time.perf_counter()
-while True:
-    c = a @ b
-    if time.perf_counter() - last > 0.2:
-        last = time.perf_counter()
-        if os.getppid() != parent:
-            break
-"""
+MAX_CPUS = 4096  # a phase's `cpus`: more than any machine; what the app has is applied (and reported)
 
 
 @dataclass(frozen=True)
-class Competitor:
-    kind: str
-    threads: int = 1
-    size: int = 384
+class Pacing:
+    """The app's frame rate: absolute `fps`, or a period of `period_x_p50` x the most accurate member's p50."""
 
-    def command(self) -> tuple[list[str], dict[str, str]]:
-        env = dict(os.environ)
-        if self.kind == "busy":
-            return [sys.executable, "-c", _BUSY, str(os.getpid())], env
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(self.threads)
-        return [sys.executable, "-c", _MATMUL, str(self.size), str(os.getpid())], env
+    fps: float | None = None
+    period_x_p50: float | None = None
 
-    def label(self) -> str:
-        return "busy" if self.kind == "busy" else f"matmul x{self.threads}t"
+    def fps_for(self, p50_ms: float) -> float:
+        """Frames per second given the most accurate member's measured p50 (ms)."""
+        if self.fps is not None:
+            return self.fps
+        return 1000.0 / (self.period_x_p50 * float(p50_ms))
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: v for k, v in (("fps", self.fps), ("period_x_p50", self.period_x_p50)) if v is not None}
 
 
 @dataclass(frozen=True)
@@ -90,6 +64,31 @@ class Phase:
     name: str
     duration: float
     competitors: tuple[Competitor, ...]
+    cpus: int | None = None               # the app's CPU set shrinks to this many CPUs
+    cpu_quota: float | None = None        # CPU-bandwidth cap, fraction (0, 1] of all CPUs
+    targets: dict[str, float] | None = None  # deadline_ms | deadline_x, min_top1
+
+    def load_key(self) -> tuple:
+        """What makes two phases the same load for a measurement (targets do not change latency)."""
+        comps = tuple(sorted((c.kind, c.threads, c.size, c.pin or "", c.fps, c.layers, c.size_mb)
+                             for c in self.competitors))
+        return comps, self.cpus, self.cpu_quota
+
+    def pressure(self, n_cpus: int) -> float:
+        """Competing threads (+ the app) per CPU the app may use: how hard the phase squeezes it."""
+        capacity = float(min(self.cpus or n_cpus, n_cpus))
+        if self.cpu_quota is not None:
+            capacity = min(capacity, self.cpu_quota * n_cpus)
+        return (1 + sum(c.threads for c in self.competitors)) / max(capacity, 1e-3)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"name": self.name, "duration": self.duration,
+               "competitors": [{k: getattr(c, k) for k in COMPETITOR_KEYS[c.kind] if getattr(c, k) is not None}
+                               for c in self.competitors]}
+        for key in ("cpus", "cpu_quota", "targets"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 @dataclass(frozen=True)
@@ -97,6 +96,7 @@ class Scenario:
     name: str
     phases: tuple[Phase, ...]
     description: str = ""
+    pacing: Pacing | None = None
 
     @property
     def total(self) -> float:
@@ -112,32 +112,32 @@ class Scenario:
         return out
 
     def heaviest(self) -> int:
-        """The phase with the most competing threads."""
-        return max(range(len(self.phases)),
-                   key=lambda i: sum(c.threads for c in self.phases[i].competitors))
+        """The phase that squeezes the app most (`Phase.pressure`; the first of equals)."""
+        import os
+
+        n = os.cpu_count() or 1
+        return max(range(len(self.phases)), key=lambda i: self.phases[i].pressure(n))
 
     def check_limits(self) -> "Scenario":
-        """Refuse (before anything starts) a phase of more than `MAX_PROCESSES` competitors, or none at all:
-        a scenario built in Python rather than parsed is held to the same cap."""
+        """Refuse (before anything starts) a phase over the caps (`corunners.check_load`: co-runners,
+        threads, memory), or no phase at all: a scenario built in Python is held to the same caps."""
         if not self.phases:
             raise UserError(f"scenario '{self.name}': expected at least one phase")
         for i, ph in enumerate(self.phases):
-            if len(ph.competitors) > MAX_PROCESSES:
-                raise UserError(f"scenario '{self.name}': phases[{i}]: {len(ph.competitors)} competing processes "
-                                f"asked for, at most {MAX_PROCESSES} allowed (dynadnn.validate.MAX_PROCESSES)")
+            check_load(ph.competitors, f"scenario '{self.name}': phases[{i}]")
             number(ph.duration, f"scenario '{self.name}': phases[{i}].duration", low=0.0, low_open=True)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
-                "phases": [{"name": p.name, "duration": p.duration,
-                            "competitors": [c.__dict__ for c in p.competitors]} for p in self.phases]}
+        out = {"name": self.name, "description": self.description, "phases": [p.to_dict() for p in self.phases]}
+        if self.pacing is not None:
+            out["pacing"] = self.pacing.to_dict()
+        return out
 
 
 def parse_scenario(doc: Any, source: str) -> Scenario:
     """A scenario from its JSON document, every field checked (type, range, finiteness, known keys); a phase
-    asking for more than `MAX_PROCESSES` competing processes, or a matmul load bigger than this machine's
-    free memory, is refused here, before any process is started."""
+    over the caps (co-runners, threads, memory: `corunners.check_load`) is refused here, before any start."""
     if not isinstance(doc, dict):
         raise UserError(f"{source}: expected a JSON object with 'phases'")
     _known_keys(doc, TOP_KEYS, source)
@@ -149,20 +149,52 @@ def parse_scenario(doc: Any, source: str) -> Scenario:
     out = [_parse_phase(ph, i, f"{source}: phases[{i}]") for i, ph in enumerate(phases)]
     name = json_field(doc, "name", str, source, required=False)
     description = json_field(doc, "description", str, source, required=False)
-    return Scenario(name if name is not None else Path(source).stem, tuple(out), description or "")
+    pacing = _parse_pacing(doc.get("pacing"), f"{source}: pacing") if "pacing" in doc else None
+    return Scenario(name if name is not None else Path(source).stem, tuple(out), description or "", pacing)
 
 
-TOP_KEYS = ("name", "description", "phases", "format")
-PHASE_KEYS = ("name", "duration", "competitors")
-COMPETITOR_KEYS = ("kind", "threads", "size")
+TOP_KEYS = ("name", "description", "phases", "format", "pacing")
+PHASE_KEYS = ("name", "duration", "competitors", "cpus", "cpu_quota", "targets")
+COMPETITOR_KEYS = {"busy": ("kind", "threads", "pin"), "matmul": ("kind", "threads", "size", "pin"),
+                   "paced_app": ("kind", "threads", "size", "layers", "fps", "pin"),
+                   "membw": ("kind", "threads", "size_mb", "pin")}
+TARGET_KEYS = ("deadline_ms", "deadline_x", "min_top1")
 MAX_PHASES = 1000  # phases of one scenario: each starts and stops processes, and a run gives each its share
-MAX_MATMUL = 4096  # a matmul competitor's n: three n x n float32 matrices (192 MiB at the cap)
+MAX_LAYERS = 64    # a paced app's layers
+MAX_APP_FPS = 1000.0
 
 
 def _known_keys(doc: dict, keys: tuple[str, ...], where: str) -> None:
     unknown = [k for k in doc if k not in keys]
     if unknown:
         raise UserError(f"{where}: unknown field {unknown[0]!r}; expected only {', '.join(keys)}")
+
+
+def _parse_pacing(doc: Any, where: str) -> Pacing:
+    if not isinstance(doc, dict) or len(doc) != 1:
+        raise UserError(f"{where}: expected an object with one of fps, period_x_p50, got {doc!r:.40}")
+    _known_keys(doc, ("fps", "period_x_p50"), where)
+    if "fps" in doc:
+        return Pacing(fps=number(doc["fps"], f"{where}.fps", low=0.0, low_open=True, high=MAX_APP_FPS * 10))
+    return Pacing(period_x_p50=number(doc["period_x_p50"], f"{where}.period_x_p50", low=1.0, high=1000.0))
+
+
+def _parse_targets(doc: Any, where: str) -> dict[str, float]:
+    if not isinstance(doc, dict) or not doc:
+        raise UserError(f"{where}: expected an object with deadline_ms or deadline_x and/or min_top1, "
+                        f"got {doc!r:.40}")
+    _known_keys(doc, TARGET_KEYS, where)
+    if "deadline_ms" in doc and "deadline_x" in doc:
+        raise UserError(f"{where}: give deadline_ms or deadline_x, not both")
+    out = {}
+    if "deadline_ms" in doc:
+        out["deadline_ms"] = number(doc["deadline_ms"], f"{where}.deadline_ms", low=0.0, low_open=True,
+                                    high=MAX_SECONDS * 1e3)
+    if "deadline_x" in doc:
+        out["deadline_x"] = number(doc["deadline_x"], f"{where}.deadline_x", low=0.0, low_open=True, high=1000.0)
+    if "min_top1" in doc:
+        out["min_top1"] = number(doc["min_top1"], f"{where}.min_top1", low=0.0, high=100.0)
+    return out
 
 
 def _parse_phase(ph: Any, i: int, where: str) -> Phase:
@@ -177,33 +209,28 @@ def _parse_phase(ph: Any, i: int, where: str) -> Phase:
         raise UserError(f"{where}.competitors: {len(comps)} competing processes asked for, at most "
                         f"{MAX_PROCESSES} allowed (dynadnn.validate.MAX_PROCESSES)")
     cs = tuple(_parse_competitor(c, f"{where}.competitors[{j}]") for j, c in enumerate(comps))
-    _check_memory(cs, where)
+    check_load(cs, f"{where}.competitors")
+    cpus = count(ph["cpus"], f"{where}.cpus", low=1, high=MAX_CPUS) if "cpus" in ph else None
+    quota = number(ph["cpu_quota"], f"{where}.cpu_quota", low=0.0, low_open=True, high=1.0) \
+        if "cpu_quota" in ph else None
+    targets = _parse_targets(ph["targets"], f"{where}.targets") if "targets" in ph else None
     name = json_field(ph, "name", str, where, required=False)
-    return Phase(name if name is not None else f"phase {i}", dur, cs)
+    return Phase(name if name is not None else f"phase {i}", dur, cs, cpus, quota, targets)
 
 
 def _parse_competitor(c: Any, where: str) -> Competitor:
     if not isinstance(c, dict):
         raise UserError(f"{where}: expected an object such as {{\"kind\": \"busy\"}}, got {c!r:.40}")
-    _known_keys(c, COMPETITOR_KEYS, where)
     kind = choice(c.get("kind"), f"{where}.kind", KINDS)
+    _known_keys(c, COMPETITOR_KEYS[kind], f"{where} ({kind})")
     threads = count(c.get("threads", 1), f"{where}.threads", low=1, high=MAX_PROCESSES)
     if kind == "busy" and threads != 1:
         raise UserError(f"{where}.threads: a busy loop is one thread; expected 1 (or a matmul), got {threads}")
-    size = count(c.get("size", 384), f"{where}.size", low=16, high=MAX_MATMUL)
-    return Competitor(kind, threads, size)
-
-
-def _check_memory(comps: tuple[Competitor, ...], where: str) -> None:
-    need = sum(3 * 4 * c.size ** 2 for c in comps if c.kind == "matmul")
-    if not need:
-        return
-    import psutil
-
-    free = psutil.virtual_memory().available
-    if need > free // 2:
-        raise UserError(f"{where}.competitors: the matmuls need {need / 2**20:.0f} MiB, more than half of this "
-                        f"machine's free memory ({free / 2**20:.0f} MiB)")
+    pin = choice(c["pin"], f"{where}.pin", ("app",)) if "pin" in c else None
+    return Competitor(kind, threads, count(c.get("size", 384), f"{where}.size", low=16, high=MAX_MATMUL), pin,
+                      number(c.get("fps", 30.0), f"{where}.fps", low=0.0, low_open=True, high=MAX_APP_FPS),
+                      count(c.get("layers", 4), f"{where}.layers", low=1, high=MAX_LAYERS),
+                      count(c.get("size_mb", 0), f"{where}.size_mb", low=0, high=MAX_MEMBW_MB))
 
 
 def list_scenarios() -> list[str]:
@@ -233,40 +260,6 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     return parse_scenario(read_json_object(text, error=UserError), text)
 
 
-class CompetitorPool:
-    """The competing processes alive now. Each in its own process group; `stop_all` kills every group."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[Competitor, subprocess.Popen]] = []
-        self.started = 0
-
-    def start(self, comp: Competitor) -> subprocess.Popen:
-        if len(self.procs) >= MAX_PROCESSES:  # the last guard: parse_scenario and check_limits refuse earlier
-            raise UserError(f"competitors: at most {MAX_PROCESSES} may run at once (dynadnn.validate.MAX_PROCESSES)")
-        cmd, env = comp.command()
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-        self.procs.append((comp, proc))
-        self.started += 1
-        return proc
-
-    def pids(self) -> list[int]:
-        return [p.pid for _, p in self.procs]
-
-    def stop_all(self) -> None:
-        procs, self.procs = self.procs, []
-        for _, p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # the child leads its own group
-            except (ProcessLookupError, PermissionError):
-                pass
-        for _, p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
 @dataclass
 class PhaseRecord:
     index: int
@@ -275,26 +268,38 @@ class PhaseRecord:
     started: float = 0.0                     # manager clock
     ended: float = 0.0
     pids: list[int] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # what `Conditions.enter` did (applied or skipped)
 
 
 class ScenarioRunner:
     """Runs a scenario's schedule in a background thread; use as a context manager.
 
-        with ScenarioRunner(scenario, duration_s=20) as sc:
+        with ScenarioRunner(scenario, duration_s=20, manager=mgr) as sc:
             while not sc.done: mgr.predict(...)
-    """
 
-    def __init__(self, scenario: Scenario, duration_s: float, t0: float | None = None):
+    With `manager`, phases' `targets` are applied to it and every event is logged in its event log; without
+    one, `targets` are skipped (reported). `cgroup_root` is where `cpu_quota` makes its child group."""
+
+    def __init__(self, scenario: Scenario, duration_s: float, t0: float | None = None, manager: Any = None,
+                 cgroup_root: str | Path | None = None):
         duration_s = seconds(duration_s, "duration")
         scenario.check_limits()
         self.scenario, self.duration_s = scenario, duration_s
         self.plan = scenario.boundaries(duration_s)
-        self.pool = CompetitorPool()
+        self.manager, self._cgroup_root = manager, cgroup_root
+        self.conditions: Conditions | None = None
+        self._idle_pool = CompetitorPool()
         self.records = [PhaseRecord(i, p.name, b) for i, (p, b) in enumerate(zip(scenario.phases, self.plan))]
         self.t_start = t0 if t0 is not None else clock()
         self._stop = threading.Event()
+        self._finish_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+
+    @property
+    def pool(self) -> CompetitorPool:
+        """The co-runners alive now."""
+        return self.conditions.pool if self.conditions is not None else self._idle_pool
 
     def phase_at(self, t: float) -> int:
         """Planned phase index at manager clock time t (clamped to the first/last phase)."""
@@ -309,38 +314,46 @@ class ScenarioRunner:
         return clock() - self.t_start >= self.duration_s
 
     def start(self) -> "ScenarioRunner":
+        self.conditions = Conditions(self.manager, *(() if self._cgroup_root is None else (self._cgroup_root,)))
         self.t_start = clock()
         self._thread = threading.Thread(target=self._run, name="dynadnn-scenario", daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
+        cond = self.conditions
         try:
             for rec, phase in zip(self.records, self.scenario.phases):
                 wait = self.t_start + rec.planned[0] - clock()
                 if wait > 0 and self._stop.wait(wait):
                     return
-                self.pool.stop_all()
                 rec.started = clock()
-                for comp in phase.competitors:
-                    rec.pids.append(self.pool.start(comp).pid)
+                rec.events = cond.enter(phase, rec.index)
+                rec.pids = cond.pool.pids()
                 end = self.t_start + rec.planned[1]
-                if self._stop.wait(max(0.0, end - clock())):
-                    rec.ended = clock()
-                    return
+                stopped = self._stop.wait(max(0.0, end - clock()))
                 rec.ended = clock()
-            self.pool.stop_all()
+                if stopped:
+                    return
         except BaseException as exc:  # noqa: BLE001 - reported to the owner, never lost
             self.error = exc
         finally:
-            self.pool.stop_all()
+            self._finish()
+
+    def _finish(self) -> None:
+        """Undo the conditions (idempotent; from the runner thread at the end, or from `stop`)."""
+        with self._finish_lock:
+            cond = self.conditions
+            if cond is not None:
+                last = max((r for r in self.records if r.started), key=lambda r: r.index, default=self.records[-1])
+                last.events = last.events + cond.close()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        self.pool.stop_all()
+        self._finish()
 
     def __enter__(self) -> "ScenarioRunner":
         return self.start()
@@ -354,4 +367,5 @@ class ScenarioRunner:
                             "started_s": r.started - self.t_start if r.started else None,
                             "ended_s": r.ended - self.t_start if r.ended else None,
                             "competitors": [c.label() for c in self.scenario.phases[r.index].competitors],
-                            "pids": r.pids} for r in self.records]}
+                            "pids": r.pids, "events": [{**e, "t": round(e["t"] - self.t_start, 6)}
+                                                        for e in r.events]} for r in self.records]}

@@ -81,7 +81,7 @@ def wait_for_tick(next_t: float, period: float) -> float:
 
 
 def _serve(manager, frames, scenario, duration_s, period, correct, progress, fps) -> Trace:
-    with ScenarioRunner(scenario, duration_s) as sc:
+    with ScenarioRunner(scenario, duration_s, manager=manager) as sc:  # phases' targets go to the manager
         manager.on_scenario(sc)
         k = 0
         labels, n_frames = frames.labels.tolist(), len(frames)
