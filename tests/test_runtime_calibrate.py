@@ -151,3 +151,13 @@ def test_the_summary_table_is_readable_in_80_columns(width):
         assert word in text
     if width >= 100:
         assert "p50" in text
+
+
+def test_the_tradeoff_is_told_in_words_against_static_and_the_oracle():
+    from dynadnn.runtime.trace import tradeoff
+
+    lines = tradeoff([_trace(p, seed=i) for i, p in enumerate(("static", "dofa", "feedback", "oracle"))])
+    assert lines[0].startswith("static (most accurate, never switches): on time")
+    assert any(line.startswith("feedback: on time") and "points" in line for line in lines)
+    assert lines[-1].startswith("feedback vs oracle")
+    assert tradeoff([_trace("feedback")]) == []  # nothing to compare with

@@ -1,6 +1,6 @@
 """The demo's pipeline, end to end on a trained super-network: profile this machine -> fit the accuracy
-predictor -> choose a Pareto family on measurements -> plot it -> run the contention scenario under the
-feedback manager and the dofa baseline -> a summary. Each part is written whole into its folder of `out`
+predictor -> choose a Pareto family on measurements -> plot it -> run a scenario (`SCENARIO`) under static
+(the most accurate member), the dofa baseline, the feedback manager and the oracle -> the trade-off. Each part is written whole into its folder of `out`
 (`fileio.output_dir`), and a finished pipeline leaves `out/demo.json` (`MARKER`), by which a later demo
 knows the folder is its own to replace.
 
@@ -17,6 +17,8 @@ from typing import Callable
 from .fileio import output_dir, write_json
 
 MARKER = "demo.json"
+SCENARIO = "contention"  # the shipped scenario the demo runs
+POLICIES = ("static", "dofa", "feedback", "oracle")
 
 
 def _quiet(task: str, done: int, total: int) -> None:
@@ -83,9 +85,9 @@ def run_pipeline(net, data, out: str | Path, duration: float, shown: str | Path 
 
     from .runtime.experiment import check_arguments, run_experiment
     from .runtime.members import FamilySource
-    from .runtime.trace import print_summary
+    from .runtime.trace import print_summary, tradeoff
 
-    check_arguments(["feedback", "dofa"], duration_s=duration)  # before an hour of work, not after
+    check_arguments(POLICIES, duration_s=duration)  # before an hour of work, not after
     out = Path(out)
     shown = Path(shown or out)
     console = console or Console(width=None if Console().is_terminal else 120)
@@ -94,11 +96,13 @@ def run_pipeline(net, data, out: str | Path, duration: float, shown: str | Path 
         step("profile this machine (per-layer latency tables, 1 and 2 threads)", f"profile zoo:animals --out {shown / 'profile'}")
         tables = profile_part(net, out / "profile", progress)
         family = family_part(net, data, tables, out / "family", shown / "family", step, progress)
-    step(f"run the contention scenario ({duration:.0f} s per policy; 0 -> 1 -> 2 -> 0 competing processes)",
-         f"run {shown / 'family'} --policy feedback,dofa")
-    result = run_experiment(FamilySource.from_family(family, net, dataset="animals"), "contention",
-                            ["feedback", "dofa"], duration_s=duration, out=out / "run", say=console.log)
-    print_summary(result.traces, console, title=f"scenario 'contention', deadline {result.deadline_ms:.3f} ms")
+    step(f"run the '{SCENARIO}' scenario ({duration:.0f} s per policy: {', '.join(POLICIES)})",
+         f"run {shown / 'family'} --scenario {SCENARIO} --policy {','.join(POLICIES)}")
+    result = run_experiment(FamilySource.from_family(family, net, dataset="animals"), SCENARIO,
+                            POLICIES, duration_s=duration, out=out / "run", say=console.log)
+    print_summary(result.traces, console, title=f"scenario '{SCENARIO}', deadline {result.deadline_ms:.3f} ms")
+    for line in tradeoff(result.traces):
+        console.print(f"  {line}")
     console.rule("[bold]demo summary")
     spent = step.seconds()
     for title, secs in spent.items():

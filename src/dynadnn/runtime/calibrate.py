@@ -48,8 +48,11 @@ class Calibration:
 def load_key(phase) -> tuple:
     """What makes two phases the same load: their competitors (every field) and any other field a phase
     carries besides its name, duration and targets (e.g. a CPU set or a bandwidth cap), so a new kind of load
-    is measured on its own rather than merged with one that looks alike."""
+    is measured on its own rather than merged with one that looks alike. A phase's own `load_key()` wins."""
     from dataclasses import fields, is_dataclass
+
+    if callable(getattr(phase, "load_key", None)):
+        return phase.load_key()
 
     comps = tuple(sorted(repr(c) for c in phase.competitors))
     extra = () if not is_dataclass(phase) else tuple(
@@ -87,7 +90,13 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
             cond.close()
         if progress is not None:
             progress(key + 1, len(keys))
-    return Calibration(phase_keys, lat, phase_keys[scenario.heaviest()], loads, keys.get(((), ())))
+    idle = [i for i, ph in enumerate(scenario.phases) if not ph.competitors and not _constrained(ph)]
+    return Calibration(phase_keys, lat, phase_keys[scenario.heaviest()], loads, phase_keys[idle[0]] if idle else None)
+
+
+def _constrained(phase) -> bool:
+    """A phase that limits the app without a co-runner (a CPU set, a CPU cap)."""
+    return any(getattr(phase, name, None) is not None for name in ("cpus", "cpu_quota"))
 
 
 def _measure_options(manager: RuntimeManager, frames: Frames, seconds_total: float, period: float,

@@ -175,3 +175,22 @@ def print_summary(traces: list[Trace], console=None, title: str = "runtime manag
             continue
         table.add_row(*[tr.policy if key is None else fmt.format(s[key]) for _, key, fmt in cols])
     console.print(table)
+
+
+def tradeoff(traces: list[Trace]) -> list[str]:
+    """The run's trade-off in words: how often static (the most accurate member, never switching) is on
+    time, and what each other policy gives up in accuracy for what it gains in on-time frames."""
+    s = {tr.policy: tr.summary() for tr in traces if tr.summary()["frames"]}
+    if "static" not in s:
+        return []
+    st = s["static"]
+    lines = [f"static (most accurate, never switches): on time {st['on_time']:.1%}, top-1 {st['mean_top1']:.2f} %"]
+    for name, p in s.items():
+        if name == "static":
+            continue
+        lines.append(f"{name}: on time {p['on_time']:.1%} ({(p['on_time'] - st['on_time']) * 100:+.1f} points), top-1 "
+                     f"{p['mean_top1']:.2f} % ({p['mean_top1'] - st['mean_top1']:+.2f}), {p['switches']} switches")
+    if "feedback" in s and "oracle" in s:
+        lines.append(f"feedback vs oracle (knows the schedule): top-1 {s['feedback']['mean_top1'] - s['oracle']['mean_top1']:+.2f}"
+                     f" points, on time {(s['feedback']['on_time'] - s['oracle']['on_time']) * 100:+.1f} points")
+    return lines
