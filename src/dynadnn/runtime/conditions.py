@@ -56,7 +56,8 @@ class Conditions:
         prev, self._phase, self._index = self._phase, phase, index
         self.pool.stop_all()
         self._cpus(phase.cpus, prev is not None and prev.cpus is not None)
-        self._quota(phase.cpu_quota, prev is not None and prev.cpu_quota is not None)
+        self._quota(phase.cpu_quota, prev is not None and prev.cpu_quota is not None,
+                    int(getattr(phase, "cpu_period_ms", 100.0) * 1000))
         self._targets(phase.targets, prev is not None and prev.targets is not None)
         app_cpus = self.affinity.current()
         for comp in phase.competitors:
@@ -79,18 +80,18 @@ class Conditions:
         reason = None if len(got) == n else f"{n} CPUs asked for, the app started with {len(got)}: kept {len(got)}"
         self._event("cpus", True, reason, asked=n, cpus=got)
 
-    def _quota(self, fraction: float | None, was_set: bool) -> None:
+    def _quota(self, fraction: float | None, was_set: bool, period_us: int = 100_000) -> None:
         if fraction is None:
             if was_set and self.cap.active:
                 problems = self.cap.release()
                 self._event("cpu_quota", not problems, "; ".join(problems) or None, fraction=None)
             return
         try:
-            quota = self.cap.apply(fraction)
+            quota = self.cap.apply(fraction, period_us)
         except CapUnavailable as exc:
             self._event("cpu_quota", False, f"skipped: {exc}", fraction=fraction)
             return
-        self._event("cpu_quota", True, fraction=fraction, quota_us=quota, group=str(self.cap.group),
+        self._event("cpu_quota", True, fraction=fraction, quota_us=quota, period_us=period_us, group=str(self.cap.group),
                     cpus_equivalent=round(fraction * (os.cpu_count() or 1), 3))
 
     def _targets(self, spec: dict | None, was_set: bool) -> None:

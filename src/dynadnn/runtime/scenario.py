@@ -67,12 +67,13 @@ class Phase:
     cpus: int | None = None               # the app's CPU set shrinks to this many CPUs
     cpu_quota: float | None = None        # CPU-bandwidth cap, fraction (0, 1] of all CPUs
     targets: dict[str, float] | None = None  # deadline_ms | deadline_x, min_top1
+    cpu_period_ms: float = 100.0          # the cap's CFS period: short for a model of a few ms
 
     def load_key(self) -> tuple:
         """What makes two phases the same load for a measurement (targets do not change latency)."""
         comps = tuple(sorted((c.kind, c.threads, c.size, c.pin or "", c.fps, c.layers, c.size_mb)
                              for c in self.competitors))
-        return comps, self.cpus, self.cpu_quota
+        return comps, self.cpus, self.cpu_quota, self.cpu_period_ms if self.cpu_quota else None
 
     def pressure(self, n_cpus: int) -> float:
         """Competing threads (+ the app) per CPU the app may use: how hard the phase squeezes it."""
@@ -88,6 +89,8 @@ class Phase:
         for key in ("cpus", "cpu_quota", "targets"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.cpu_period_ms != 100.0:
+            out["cpu_period_ms"] = self.cpu_period_ms
         return out
 
 
@@ -154,7 +157,7 @@ def parse_scenario(doc: Any, source: str) -> Scenario:
 
 
 TOP_KEYS = ("name", "description", "phases", "format", "pacing")
-PHASE_KEYS = ("name", "duration", "competitors", "cpus", "cpu_quota", "targets")
+PHASE_KEYS = ("name", "duration", "competitors", "cpus", "cpu_quota", "cpu_period_ms", "targets")
 COMPETITOR_KEYS = {"busy": ("kind", "threads", "pin"), "matmul": ("kind", "threads", "size", "pin"),
                    "paced_app": ("kind", "threads", "size", "layers", "fps", "pin"),
                    "membw": ("kind", "threads", "size_mb", "pin")}
@@ -215,7 +218,8 @@ def _parse_phase(ph: Any, i: int, where: str) -> Phase:
         if "cpu_quota" in ph else None
     targets = _parse_targets(ph["targets"], f"{where}.targets") if "targets" in ph else None
     name = json_field(ph, "name", str, where, required=False)
-    return Phase(name if name is not None else f"phase {i}", dur, cs, cpus, quota, targets)
+    period = number(ph.get("cpu_period_ms", 100.0), f"{where}.cpu_period_ms", low=1.0, high=1000.0)
+    return Phase(name if name is not None else f"phase {i}", dur, cs, cpus, quota, targets, period)
 
 
 def _parse_competitor(c: Any, where: str) -> Competitor:
