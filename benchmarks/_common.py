@@ -63,6 +63,17 @@ def median_ms(times: Sequence[float]) -> float:
     return statistics.median(times) * 1e3
 
 
+def default_family() -> str:
+    """zoo:animals when it is shipped, else random:tiny (untrained weights: real latency, chance accuracy)."""
+    try:
+        from dynadnn.supernet.checkpoint import resolve_checkpoint_path
+
+        resolve_checkpoint_path("zoo:animals")
+        return "zoo:animals"
+    except Exception:  # noqa: BLE001 - no shipped model
+        return "random:tiny"
+
+
 def load_average() -> float:
     """1-minute load average (the machine has os.cpu_count() cores), to note beside the figures."""
     try:

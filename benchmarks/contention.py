@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import emit_json, load_average, print_table
+from _common import default_family, emit_json, load_average, print_table
 
 from dynadnn.runtime.calibrate import calibrate_deadline
 from dynadnn.runtime.experiment import calibrate, run_policies, setup
@@ -32,16 +32,6 @@ from dynadnn.runtime.scenario import load_scenario
 from dynadnn.runtime.trace import plot_traces
 
 POLICIES = ("static", "dofa", "feedback", "oracle")
-
-
-def default_family() -> str:
-    try:
-        from dynadnn.supernet.checkpoint import resolve_checkpoint_path
-
-        resolve_checkpoint_path("zoo:animals")
-        return "zoo:animals"
-    except Exception:  # noqa: BLE001 - no shipped model yet: untrained weights, real latency
-        return "random:tiny"
 
 
 def main() -> None:

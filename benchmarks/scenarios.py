@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import emit_json, load_average, print_table
+from _common import default_family, emit_json, load_average, print_table
 
 from dynadnn.errors import UserError
 from dynadnn.runtime.experiment import run_experiment
@@ -32,16 +32,6 @@ from dynadnn.runtime.scenario import list_scenarios, load_scenario
 
 POLICIES = ("static", "dofa", "feedback", "oracle")
 BITES = 0.95  # static on time below this: the scenario bites
-
-
-def default_family() -> str:
-    try:
-        from dynadnn.supernet.checkpoint import resolve_checkpoint_path
-
-        resolve_checkpoint_path("zoo:animals")
-        return "zoo:animals"
-    except Exception:  # noqa: BLE001 - no shipped model yet: untrained weights, real latency
-        return "random:tiny"
 
 
 def heavy_phase(trace) -> tuple[str, float]:
