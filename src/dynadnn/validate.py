@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import UserError
 
@@ -74,6 +74,13 @@ def threads(value: Any, name: str = "threads", error: type[UserError] = UserErro
     if value > cpus:
         raise error(f"{name}: {value} threads asked for, but this process may run on {cpus} CPU(s)")
     return value
+
+
+def thread_counts(value: Any, name: str = "threads", error: type[UserError] = UserError) -> tuple[int, ...]:
+    """A non-empty list of thread counts (each `threads`), as a sorted tuple without repeats."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise error(f"{name}: expected a non-empty list of thread counts, got {value!r:.60}")
+    return tuple(sorted({threads(t, name, error) for t in value}))
 
 
 def seconds(value: Any, name: str, *, allow_zero: bool = False, high: float = MAX_SECONDS,
