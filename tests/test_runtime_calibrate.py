@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dynadnn.runtime.calibrate import Calibration, calibrate_deadline, load_key
+from dynadnn.runtime.calibrate import Calibration, calibrate_deadline
 from dynadnn.runtime.options import Option, Targets
+from dynadnn.runtime.scenario import Pacing
 
 # five members: accuracy rises with latency (a Pareto family), two thread counts each
 OPTIONS = tuple(Option(member=i, threads=t, backend="ort", top1=70.0 + 3 * i, p50_ms=(1.0 + i) / (1.6 if t == 2 else 1),
@@ -76,41 +77,29 @@ def test_the_heavy_load_is_the_one_the_most_accurate_member_is_slowest_under():
 
 
 def test_a_load_key_tells_new_kinds_of_load_apart_and_ignores_target_changes():
-    from dataclasses import dataclass
+    from dynadnn.runtime.scenario import Competitor, Phase
 
-    @dataclass(frozen=True)
-    class Phase:
-        name: str
-        duration: float
-        competitors: tuple
-        cpus: int | None = None
-        targets: dict | None = None
-
-    idle = load_key(Phase("a", 1, ()))
-    assert idle == ((), ())  # what `measure_under_loads` recognises as the idle load
-    assert load_key(Phase("b", 2, (), targets={"deadline_x": 0.5})) == idle
-    assert load_key(Phase("c", 1, (), cpus=1)) != idle
-    assert load_key(Phase("d", 1, ("busy", "matmul"))) == load_key(Phase("e", 3, ("matmul", "busy")))
-
-
-class _Pacing:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
+    busy, matmul = Competitor("busy"), Competitor("matmul")
+    idle = Phase("a", 1, ()).load_key()
+    assert idle == ((), None, None, None)  # what `measure_under_loads` recognises as the idle load
+    assert Phase("b", 2, (), targets={"deadline_x": 0.5}).load_key() == idle
+    assert Phase("c", 1, (), cpus=1).load_key() != idle
+    assert Phase("d", 1, (busy, matmul)).load_key() == Phase("e", 3, (matmul, busy)).load_key()
 
 
 @pytest.mark.parametrize("pacing, fps, expected", [
     (None, None, 100.0),
     (None, 40.0, 40.0),
-    ({"fps": 30}, None, 30.0),
-    (_Pacing(fps=25.0, period_x_p50=None), None, 25.0),
-    ({"fps": 30}, 60.0, 60.0),  # --fps wins over the scenario
-    ({"period_x_p50": 1.25}, None, 1000.0 / (1.25 * OPTIONS[STATIC].p50_ms)),
-    (_Pacing(fps=None, period_x_p50=2.0), None, 1000.0 / (2.0 * OPTIONS[STATIC].p50_ms)),
+    (Pacing(fps=30), None, 30.0),
+    (Pacing(fps=25.0, period_x_p50=None), None, 25.0),
+    (Pacing(fps=30), 60.0, 60.0),  # --fps wins over the scenario
+    (Pacing(period_x_p50=1.25), None, 1000.0 / (1.25 * OPTIONS[STATIC].p50_ms)),
+    (Pacing(fps=None, period_x_p50=2.0), None, 1000.0 / (2.0 * OPTIONS[STATIC].p50_ms)),
 ])
 def test_stream_fps_follows_the_scenarios_pacing_unless_fps_is_given(pacing, fps, expected):
     from dynadnn.runtime.experiment import stream_fps
 
-    scenario = SimpleNamespace(name="s", pacing=pacing) if pacing is not None else SimpleNamespace(name="s")
+    scenario = SimpleNamespace(name="s", pacing=pacing)
     got, how = stream_fps(scenario, MANAGER, fps, 20.0)
     assert got == pytest.approx(expected) and "fps" in how
 
@@ -120,7 +109,7 @@ def test_a_pacing_that_serves_no_frame_is_refused():
     from dynadnn.runtime.experiment import stream_fps
 
     with pytest.raises(UserError, match="serves no frame"):
-        stream_fps(SimpleNamespace(pacing={"fps": 1.0}), MANAGER, None, 0.5)
+        stream_fps(SimpleNamespace(pacing=Pacing(fps=1.0)), MANAGER, None, 0.5)
 
 
 def _trace(policy, n=300, seed=0):

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..validate import available_cpus
+
 PROC_STAT = Path("/proc/stat")
 
 
@@ -64,11 +66,8 @@ def cpu_load_between(a: CpuTimes, b: CpuTimes, n_cpus: int) -> tuple[float, floa
 
 
 def cpu_count() -> int:
-    """CPUs this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """CPUs this process may run on (affinity-aware): `validate.available_cpus`."""
+    return available_cpus()
 
 
 class LocalPlatform:

@@ -6,7 +6,7 @@ contention experiment real rather than lax.
 accurate member, run statically, is on time >= 99 % under every load: "static suffices", and the deadline is
 there); otherwise it picks the deadline so that, under the heavy load, the most accurate member run
 statically misses about `static_miss` of its frames while the fastest member meets it for at least
-`fastest_on_time` of them; never above 1.5x the slowest member's p99 under the heavy load.
+`fastest_on_time` of them; never above `ceiling_x` (1.5) x the slowest member's p99 under the heavy load.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import UserError
 from ..validate import number, seconds
 from .manager import RuntimeManager
-from .scenario import Scenario
+from .scenario import Phase, Scenario
 from .stream import Frames, wait_for_tick
 
 clock = time.perf_counter
@@ -45,26 +45,10 @@ class Calibration:
         return float(np.mean(lat <= deadline_ms)) if len(lat) else 0.0
 
 
-def load_key(phase) -> tuple:
-    """What makes two phases the same load: their competitors (every field) and any other field a phase
-    carries besides its name, duration and targets (e.g. a CPU set or a bandwidth cap), so a new kind of load
-    is measured on its own rather than merged with one that looks alike. A phase's own `load_key()` wins."""
-    from dataclasses import fields, is_dataclass
-
-    if callable(getattr(phase, "load_key", None)):
-        return phase.load_key()
-
-    comps = tuple(sorted(repr(c) for c in phase.competitors))
-    extra = () if not is_dataclass(phase) else tuple(
-        (f.name, repr(getattr(phase, f.name))) for f in fields(phase)
-        if f.name not in ("name", "duration", "competitors", "targets") and getattr(phase, f.name) not in (None, (), [], {}))
-    return comps, extra
-
-
 def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scenario, seconds_per_load: float,
                         fps: float, settle_s: float = 0.3, focus: list[int] | None = None,
                         progress=None) -> Calibration:
-    """Every option at `fps` under each distinct load of `scenario` (`load_key`), in contiguous blocks; the
+    """Every option at `fps` under each distinct load of `scenario` (`Phase.load_key`), in contiguous blocks; the
     `focus` options (by default those the deadline rule reads: the static most-accurate option and the
     fastest member's options) get three times the samples."""
     from .conditions import Conditions
@@ -75,7 +59,7 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
     if focus is None:
         focus = deadline_options(manager)
     keys: dict[tuple, int] = {}
-    phase_keys = [keys.setdefault(load_key(ph), len(keys)) for ph in scenario.phases]
+    phase_keys = [keys.setdefault(ph.load_key(), len(keys)) for ph in scenario.phases]
     lat: dict[int, list[np.ndarray]] = {}
     loads = []
     for key in range(len(keys)):
@@ -90,13 +74,8 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
             cond.close()
         if progress is not None:
             progress(key + 1, len(keys))
-    idle = [i for i, ph in enumerate(scenario.phases) if not ph.competitors and not _constrained(ph)]
-    return Calibration(phase_keys, lat, phase_keys[scenario.heaviest()], loads, phase_keys[idle[0]] if idle else None)
-
-
-def _constrained(phase) -> bool:
-    """A phase that limits the app without a co-runner (a CPU set, a CPU cap)."""
-    return any(getattr(phase, name, None) is not None for name in ("cpus", "cpu_quota"))
+    idle = keys.get(Phase("idle", 1.0, ()).load_key())  # no co-runner, no CPU set, no CPU cap
+    return Calibration(phase_keys, lat, phase_keys[scenario.heaviest()], loads, idle)
 
 
 def _measure_options(manager: RuntimeManager, frames: Frames, seconds_total: float, period: float,
@@ -161,6 +140,7 @@ class DeadlineChoice:
     ceiling_ms: float = float("inf")  # ceiling_x x the slowest member's p99 under the heavy load
     capped: bool = False             # the ceiling held the deadline down
     static_miss: float = 0.20        # the miss rate the bite rule aims at
+    ceiling_x: float = 1.5           # the ceiling, in the slowest member's p99 under the heavy load
 
     def message(self) -> str:
         """One line for the run's log: whether the scenario bites, and what the deadline means."""
@@ -173,7 +153,7 @@ class DeadlineChoice:
         line = (f"the scenario {how}: static (most accurate) misses {self.static_heavy_miss:.1%} of frames{where}, "
                 f"the fastest member meets the deadline for {self.fastest_heavy_on_time:.2%}")
         if self.capped:
-            line += f" (held at the ceiling, {self.ceiling_ms:.3f} ms: 1.5x the slowest member's p99{where})"
+            line += f" (held at the ceiling, {self.ceiling_ms:.3f} ms: {self.ceiling_x:g}x the slowest member's p99{where})"
         return head + line
 
 
@@ -235,4 +215,4 @@ def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: f
                           feasible=st_miss >= static_miss and f_on >= fastest_on_time,
                           bites=static_worst < static_on_time, static_worst_on_time=static_worst,
                           heavy_load=cal.loads[heavy] if heavy < len(cal.loads) else "", ceiling_ms=round(ceiling, 3),
-                          capped=wanted > ceiling, static_miss=static_miss)
+                          capped=wanted > ceiling, static_miss=static_miss, ceiling_x=ceiling_x)

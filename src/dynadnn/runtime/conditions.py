@@ -57,7 +57,7 @@ class Conditions:
         self.pool.stop_all()
         self._cpus(phase.cpus, prev is not None and prev.cpus is not None)
         self._quota(phase.cpu_quota, prev is not None and prev.cpu_quota is not None,
-                    int(getattr(phase, "cpu_period_ms", 100.0) * 1000))
+                    int(phase.cpu_period_ms * 1000))
         self._targets(phase.targets, prev is not None and prev.targets is not None)
         app_cpus = self.affinity.current()
         for comp in phase.competitors:

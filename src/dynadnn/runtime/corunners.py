@@ -19,6 +19,7 @@ and exits by itself within ~0.2 s when its parent disappears.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -107,8 +108,10 @@ while os.getppid() == parent:
 """
 
 
+@functools.cache
 def llc_mb(cache_dir: Path = CACHE_DIR) -> float:
-    """The last-level cache of CPU 0 in MiB (the highest `level` under cache_dir), or LLC_FALLBACK_MB."""
+    """The last-level cache of CPU 0 in MiB (the highest `level` under cache_dir), or LLC_FALLBACK_MB; read
+    once per folder (`Competitor.buffer_mb` asks at every check and start)."""
     best = (0, 0.0)
     try:
         for idx in cache_dir.glob("index*"):
@@ -175,12 +178,17 @@ class Competitor:
         return f"membw {self.buffer_mb()}MiB x{self.threads}t" + pin
 
 
+def check_count(n: int, where: str) -> None:
+    """Refuse a phase of more than MAX_PROCESSES co-runners."""
+    if n > MAX_PROCESSES:
+        raise UserError(f"{where}: {n} competing processes asked for, at most {MAX_PROCESSES} "
+                        "allowed (dynadnn.validate.MAX_PROCESSES)")
+
+
 def check_load(comps: tuple[Competitor, ...] | list[Competitor], where: str) -> None:
     """Refuse, before anything starts, a phase of more than MAX_PROCESSES co-runners, MAX_THREADS threads,
     or buffers needing more than half of this machine's free memory."""
-    if len(comps) > MAX_PROCESSES:
-        raise UserError(f"{where}: {len(comps)} competing processes asked for, at most {MAX_PROCESSES} "
-                        "allowed (dynadnn.validate.MAX_PROCESSES)")
+    check_count(len(comps), where)
     n_threads = sum(c.threads for c in comps)
     if n_threads > MAX_THREADS:
         raise UserError(f"{where}: {n_threads} competing threads asked for, at most {MAX_THREADS} allowed "

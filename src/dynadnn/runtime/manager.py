@@ -45,16 +45,19 @@ class InferenceFailed(RuntimeError):
     """Even the safe option could not run the frame."""
 
 
+def check_backends(backends: Sequence[str], name: str = "backends") -> tuple[str, ...]:
+    """A non-empty list of backends (`deploy.BACKENDS`), as a tuple."""
+    if isinstance(backends, (str, bytes)) or not isinstance(backends, Sequence) or not backends:
+        raise UserError(f"{name}: expected a non-empty list of {', '.join(BACKENDS)}, got {backends!r:.60}")
+    return tuple(validate.choice(b, name, BACKENDS) for b in backends)
+
+
 def _check_arguments(backends: Sequence[str], threads: Sequence[int] | None, profile_frames: int,
                      system_period_s: float) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
     """The manager's arguments, checked before any member is built (names as `dynadnn run` spells them)."""
-    if isinstance(backends, str) or not isinstance(backends, Sequence) or not backends:
-        raise UserError(f"backends: expected a non-empty list of {', '.join(BACKENDS)}, got {backends!r:.60}")
-    backends = tuple(validate.choice(b, "backends", BACKENDS) for b in backends)
+    backends = check_backends(backends)
     if threads is not None:
-        if isinstance(threads, str) or not isinstance(threads, Sequence) or not threads:
-            raise UserError(f"threads: expected a non-empty list of thread counts, got {threads!r:.60}")
-        threads = tuple(sorted({validate.threads(t, "threads") for t in threads}))
+        threads = validate.thread_counts(threads, "threads")
     validate.count(profile_frames, "profile_frames", low=1, high=100_000)
     validate.number(system_period_s, "system_period_s", low=0.0, low_open=True, high=60.0)
     return backends, threads
@@ -75,7 +78,7 @@ class RuntimeManager:
             raise UserError(f"source: expected a Family or a FamilySource, got {type(source).__name__}")
         self.source = source.check()  # e.g. a member without BN statistics is refused, not served uncalibrated
         self.platform = platform or LocalPlatform()
-        self.threads = threads or tuple(range(1, min(cpu_count(), validate.available_cpus(), 4) + 1))
+        self.threads = threads or tuple(range(1, min(cpu_count(), 4) + 1))
         self.pin_affinity = pin_affinity
         self.memory_locked = False
         self._targets = (targets or Targets()).validate()

@@ -33,7 +33,7 @@ from ..fileio import parse_json, read_json_object
 from ..validate import MAX_PROCESSES, MAX_SECONDS, choice, count, number, seconds
 from ..validate import field as json_field
 from .conditions import Conditions
-from .corunners import KINDS, MAX_MATMUL, MAX_MEMBW_MB, MAX_THREADS, Competitor, CompetitorPool, check_load
+from .corunners import KINDS, MAX_MATMUL, MAX_MEMBW_MB, MAX_THREADS, Competitor, CompetitorPool, check_count, check_load
 
 __all__ = ["Competitor", "CompetitorPool", "Conditions", "KINDS", "MAX_THREADS", "Pacing", "Phase", "Scenario",
            "ScenarioRunner", "list_scenarios", "load_scenario", "parse_scenario"]
@@ -208,9 +208,7 @@ def _parse_phase(ph: Any, i: int, where: str) -> Phase:
         raise UserError(f"{where}.duration: missing; expected a relative duration > 0")
     dur = number(ph["duration"], f"{where}.duration", low=0.0, low_open=True, high=MAX_SECONDS)
     comps = json_field(ph, "competitors", list, where, required=False) or []
-    if len(comps) > MAX_PROCESSES:
-        raise UserError(f"{where}.competitors: {len(comps)} competing processes asked for, at most "
-                        f"{MAX_PROCESSES} allowed (dynadnn.validate.MAX_PROCESSES)")
+    check_count(len(comps), f"{where}.competitors")  # before a million entries are parsed
     cs = tuple(_parse_competitor(c, f"{where}.competitors[{j}]") for j, c in enumerate(comps))
     check_load(cs, f"{where}.competitors")
     cpus = count(ph["cpus"], f"{where}.cpus", low=1, high=MAX_CPUS) if "cpus" in ph else None
@@ -242,9 +240,11 @@ def list_scenarios() -> list[str]:
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A shipped scenario by name (`contention`, `flood`) or a JSON file; errors name `scenario` or the file."""
+    """A shipped scenario by name (`contention`, `flood`) or a JSON file; errors name `scenario` or the file.
+    Either way it is checked against the caps (`parse_scenario`, or `Scenario.check_limits` for one built in
+    Python)."""
     if isinstance(name_or_path, Scenario):
-        return name_or_path
+        return name_or_path.check_limits()
     if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
         raise UserError(f"scenario: expected a shipped name ({', '.join(list_scenarios())}) or a JSON file, "
                         f"got {name_or_path!r:.60}")

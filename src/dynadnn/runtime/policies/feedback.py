@@ -41,6 +41,7 @@ from bisect import bisect_right
 from dataclasses import asdict, dataclass, fields, replace
 
 from ...errors import UserError
+from ...validate import count, number
 from .. import native
 from ..monitors import SortedWindow
 from ..options import Option, SystemSample, Targets, by_accuracy, fastest
@@ -48,7 +49,7 @@ from .base import Policy
 
 Model = tuple  # (m, e_ms, factor, window or None, ref_p50) per context
 INF = float("inf")
-FRACTIONS = ("miss_budget", "miss_confidence")  # fields that must also be < 1
+INT_MAX = 2**31 - 1  # the C core keeps the integer fields in a C int
 
 
 def miss_allowances(n_max: int, q: float, confidence: float) -> tuple[list[int], list[int]]:
@@ -92,14 +93,18 @@ class FeedbackParams:
     sync_penalty: float = 3.0    # a context with more threads than free CPUs: its prediction x this
 
     def __post_init__(self) -> None:
+        """The ranges the C core accepts (`_native.c` read_params: integers 1..INT_MAX, 0 <= miss_budget < 1,
+        0 < miss_confidence < 1), every other number finite and >= 0."""
         for f in fields(self):
-            v = getattr(self, f.name)
-            if type(f.default) is int and (type(v) is not int or v < 1):
-                raise UserError(f"feedback: {f.name} must be an integer >= 1, got {v!r}")
-            if type(f.default) is float and (type(v) not in (int, float) or not v >= 0):
-                raise UserError(f"feedback: {f.name} must be a number >= 0, got {v!r}")
-            if f.name in FRACTIONS and not v < 1:
-                raise UserError(f"feedback: {f.name} must be below 1, got {v!r}")
+            v, name = getattr(self, f.name), f"feedback: {f.name}"
+            if type(f.default) is int:
+                object.__setattr__(self, f.name, count(v, name, low=1, high=INT_MAX))  # 40.0 -> 40, as C reads it
+            elif f.name == "miss_budget":
+                number(v, name, low=0.0, high=1.0, high_open=True)
+            elif f.name == "miss_confidence":
+                number(v, name, low=0.0, low_open=True, high=1.0, high_open=True)
+            else:
+                number(v, name, low=0.0)
 
     def with_(self, **changes) -> "FeedbackParams":
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
@@ -117,7 +122,6 @@ class FeedbackPolicy(Policy):
         """`FeedbackPolicy(FeedbackParams(...))`, or keyword changes to the defaults (`probe_s=0.5`)."""
         super().__init__()
         self.params = (params or FeedbackParams()).with_(**changes)
-        self.__dict__.update(asdict(self.params))
 
     def reset(self, options: tuple[Option, ...], targets: Targets, start: int | None = None) -> int:
         self.__dict__.update(asdict(self.params))  # the record is the source: re-read at every reset
