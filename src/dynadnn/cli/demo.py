@@ -2,8 +2,8 @@
 
 Part 1: make a few sub-networks of zoo:animals resident (BN-calibrated, folded, compiled, warm), switch among
 them and print batch-1 latency, switch time and test accuracy. Part 2: profile this machine, fit the accuracy
-predictor, choose a family on measurements, plot it, and run the contention scenario under the feedback
-manager and the dofa baseline (about 6-10 minutes on 2 CPUs), written whole into --out (a folder holding an
+predictor, choose a family on measurements, plot it, and run the core_loss scenario under four policies
+(static, dofa, feedback, oracle; about 6-10 minutes on 2 CPUs), written whole into --out (a folder holding an
 earlier demo is replaced; any other non-empty folder only with --overwrite). Example: dynadnn demo --out
 runs/demo --duration 30
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fileio import output_dir
-from ..pipeline import MARKER
+from ..pipeline import MARKER, POLICIES, SCENARIO
 from .common import add_command
 
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--switch-only", action="store_true", help="stop after part 1 (switching among resident members)")
     p.add_argument("--out", default="runs/demo", help="directory for the pipeline's artifacts (default runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an --out that holds files other than a demo")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of the contention scenario per policy (default 30)")
+    p.add_argument("--duration", type=float, default=30.0, help=f"seconds of the {SCENARIO} scenario per policy (default 30)")
     p.set_defaults(func=run)
 
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     validate.count(args.members, "members", high=32)
     validate.threads(args.threads, "threads")
     validate.count(args.runs, "runs", low=1, high=100_000)
-    check_arguments(["feedback", "dofa"], duration_s=args.duration)  # before part 1 loads anything
+    check_arguments(POLICIES, duration_s=args.duration)  # before part 1 loads anything
     if args.switch_only:
         part1(args)
         return 0

@@ -19,7 +19,7 @@ from ..family import Family
 from .. import validate
 from ..fileio import output_dir, write_json
 from .calibrate import Calibration, calibrate_deadline, measure_under_loads, rule_options
-from .manager import RuntimeManager
+from .manager import RuntimeManager, check_backends
 from .members import MAX_MEMBERS, FamilySource, family_kind, load_family
 from .options import MAX_FPS, Targets
 from .policies import REGISTRY, OraclePolicy, Policy, make_policy
@@ -143,8 +143,6 @@ def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: floa
                     calibrate_s: float = 3.0) -> RunArguments:
     """Every argument of `run_experiment` checked before anything is loaded or started: one-line errors that
     start with the parameter's name as the CLI spells it (`duration`, `fps`, `threads`, ...)."""
-    from ..deploy import BACKENDS
-
     pols = _names(policies, "policy", list(REGISTRY))
     duration = validate.seconds(duration_s, "duration")
     if fps is not None:
@@ -155,12 +153,10 @@ def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: floa
         deadline_ms = validate.number(deadline_ms, "deadline_ms", low=0.0, low_open=True,
                                       high=validate.MAX_SECONDS * 1e3)
     if threads is not None:
-        if isinstance(threads, (str, bytes)) or not isinstance(threads, Sequence) or not threads:
-            raise UserError(f"threads: expected a non-empty list of thread counts, got {threads!r:.60}")
-        threads = tuple(sorted({validate.threads(t, "threads") for t in threads}))
+        threads = validate.thread_counts(threads, "threads")
     return RunArguments(
         pols, duration, fps, deadline_ms, validate.number(min_top1, "min_top1", low=0.0, high=100.0), threads,
-        _names(backends, "backends", BACKENDS), validate.count(members, "members", low=2, high=MAX_MEMBERS),
+        check_backends([backends] if isinstance(backends, str) else backends), validate.count(members, "members", low=2, high=MAX_MEMBERS),
         validate.count(calib_images, "calib_images", low=1), validate.seconds(calibrate_s, "calibrate_s"))
 
 
@@ -171,24 +167,19 @@ def _check_fps(fps: Any, duration: float, where: str = "fps") -> float:
     return fps
 
 
-def _pacing_field(pacing: Any, name: str) -> Any:
-    return pacing.get(name) if isinstance(pacing, dict) else getattr(pacing, name, None)
-
-
 def stream_fps(scenario: Scenario, manager: RuntimeManager, fps: float | None, duration_s: float) -> tuple[float, str]:
     """The stream's frame rate and where it came from: `fps` when given; else the scenario's pacing (`fps`
     absolute, or a period of `period_x_p50` x the most accurate option's profiled p50); else 100."""
     if fps is not None:
         return fps, f"{fps:g} fps (given)"
-    pacing = getattr(scenario, "pacing", None)
-    if pacing is not None and _pacing_field(pacing, "fps"):
-        fps = _check_fps(_pacing_field(pacing, "fps"), duration_s, "scenario pacing.fps")
+    pacing = scenario.pacing
+    if pacing is not None and pacing.fps is not None:
+        fps = _check_fps(pacing.fps, duration_s, "scenario pacing.fps")
         return fps, f"{fps:g} fps (the scenario's pacing)"
-    if pacing is not None and _pacing_field(pacing, "period_x_p50"):
-        x = validate.number(_pacing_field(pacing, "period_x_p50"), "scenario pacing.period_x_p50", low=0.0,
-                            low_open=True)
+    if pacing is not None and pacing.period_x_p50 is not None:
+        x = validate.number(pacing.period_x_p50, "scenario pacing.period_x_p50", low=0.0, low_open=True)
         p50 = manager.options[rule_options(manager)[0]].p50_ms
-        fps = _check_fps(min(MAX_FPS, 1e3 / (x * p50)), duration_s, "scenario pacing")
+        fps = _check_fps(min(MAX_FPS, pacing.fps_for(p50)), duration_s, "scenario pacing")
         return fps, f"{fps:.4g} fps (the scenario's pacing: a period of {x:g}x the most accurate option's p50, {p50:.3f} ms)"
     return DEFAULT_FPS, f"{DEFAULT_FPS:g} fps (default)"
 
@@ -233,7 +224,7 @@ def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str
     a = check_arguments(policies, duration_s=duration_s, fps=fps, deadline_ms=deadline_ms, min_top1=min_top1,
                         threads=threads, backends=backends, members=members, calib_images=calib_images,
                         calibrate_s=calibrate_s)
-    scenario = load_scenario(scenario).check_limits()
+    scenario = load_scenario(scenario)
     if not isinstance(family, (Family, FamilySource)):
         family_kind(family)  # a path that is not there: refused before --out is touched
     _check_dataset(dataset)
