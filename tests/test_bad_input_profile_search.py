@@ -141,6 +141,23 @@ def test_bad_out_refused_before_the_work(good, tmp_path, refused, verb, make_out
     refused(argv + ["--out", out], named)
 
 
+@pytest.mark.parametrize("where", ["cwd", "above"])
+@pytest.mark.parametrize("verb", ["profile", "search"])
+def test_overwrite_of_the_working_folder_refused(good, tmp_path, refused, verb, where, monkeypatch):
+    def no_work(*a, **k):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr("dynadnn.predict.fitting.profile_device", no_work)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "keep.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path / "work")
+    out = "." if where == "cwd" else tmp_path  # the working folder, or one holding it
+    argv = ["profile", good["ckpt"], "--threads", "1", "--cuda", "no"] if verb == "profile" else \
+        ["search", good["ckpt"], "--contexts", "cpu:1t"]
+    refused(argv + ["--out", out, "--overwrite"], "holds the current directory")
+    assert (tmp_path / "work" / "keep.txt").read_text() == "mine"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_out_refused_before_the_work(good, tmp_path, refused):
     (tmp_path / "ro").mkdir(mode=0o555)
@@ -327,7 +344,8 @@ def test_a_bad_family_is_never_written(good, tmp_path):
 
 # --- result folders: never replaced without --overwrite, replaced whole, kept when interrupted ------------
 def fake_profile_device(calls: list, fail: BaseException | None = None):
-    """Stands for `profile_device`: writes a table folder per context into `out` (half of one, then `fail`)."""
+    """Stands for `profile_device`: writes a table folder per context into `out` (half of one, then `fail`), then
+    profile.json."""
     def profile(net, contexts, out, **kwargs):
         calls.append(Path(out))
         tables = {}
@@ -340,6 +358,8 @@ def fake_profile_device(calls: list, fail: BaseException | None = None):
             report = {"members": 10, "mape_raw": 1.0, "mape_corrected": 0.5, "tau_raw": 0.9, "tau_corrected": 0.95,
                       "measured_min_ms": 1.0, "measured_max_ms": 2.0}
             tables[ctx] = type("T", (), {"meta": {"report": report}})()
+        (Path(out) / "profile.json").write_text(json.dumps(  # as profile_device writes it
+            {"preset": net.space.name, "contexts": list(tables), "reports": {c: t.meta["report"] for c, t in tables.items()}}))
         return tables
     return profile
 

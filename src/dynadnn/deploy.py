@@ -172,18 +172,6 @@ class Profile:
     n: int
 
 
-def profile_runner(runner: Runner, x: Tensor, n: int = 40, warmup: int = 5) -> Profile:
-    """Latency of `runner` on `x` as the manager measures it (resize included)."""
-    for _ in range(warmup):
-        runner(x)
-    lat = np.empty(n)
-    for k in range(n):
-        t0 = time.perf_counter()
-        runner(x)
-        lat[k] = (time.perf_counter() - t0) * 1e3
-    return Profile(float(np.percentile(lat, 50)), float(np.percentile(lat, 95)), n)
-
-
 def screen(cands: list[Runner], x: Tensor, n: int = 5, keep_within: float = 1.5) -> list[Runner]:
     """Drop backends that are clearly slower for this member and thread count after a few runs (torch
     at 2 threads under load can take 100x longer than ORT: not worth measuring at length)."""

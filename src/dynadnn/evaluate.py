@@ -157,8 +157,9 @@ def evaluate_members(net: SuperNet, data, members: list[tuple[str, Arch]], calib
     check_data_fits(net, data)
     rows = []
     test = list(data.test_batches())
+    calib = data.calibration_batches(n_calib) if calibrate_bn else None  # the same images for every member
     for name, arch in members:
-        stats = calibrate(net, arch, data, n_calib) if calibrate_bn else None
+        stats = calibrate(net, arch, calib) if calibrate_bn else None
         row = {"name": name, "arch": arch.to_dict(), "top1": round(top1(net, arch, test, stats), 3)}
         if with_cost:
             row["macs"], row["params"] = member_cost(net, arch)

@@ -133,7 +133,7 @@ class Family:
         import torch
         from safetensors.torch import save_file
 
-        from .fileio import atomic_write, make_dir
+        from .fileio import atomic_write, make_dir, write_json
 
         self._validate_members()
         members_doc = [m.to_json() for m in self.members]
@@ -158,8 +158,7 @@ class Family:
             "members": members_doc,
             "archive": self.archive,
         }
-        text = json.dumps(doc, indent=1)
-        atomic_write(directory / JSON_NAME, lambda p: Path(p).write_text(text))
+        write_json(directory / JSON_NAME, doc, indent=1)
         return directory
 
     def _validate_members(self) -> None:

@@ -148,13 +148,30 @@ def output_dir(out: str | Path, kind: str, marker: str, overwrite: bool = False,
         raise error(_oserror(out, exc, "write the output folder here")) from None
     try:
         yield tmp
-        _replace_dir(tmp, out, error)
+        replace_dir(tmp, out, error)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def check_replaceable(out: str | Path, error: type[UserError] = UserError) -> None:
+    """Refuse an output folder that replacing whole (`--overwrite`) would lose more than a result: the
+    working, home or root folder, or one holding the working or home folder. A path that cannot be resolved
+    passes (the caller names that problem)."""
+    try:
+        resolved = Path(out).resolve()
+        risky = Path.cwd().is_relative_to(resolved) or Path.home().is_relative_to(resolved)
+    except (OSError, RuntimeError, ValueError):  # ValueError: a NUL in the path; RuntimeError: no home
+        return
+    if risky:
+        shown = str(out) if len(str(out)) <= 120 else str(out)[:60] + "..." + str(out)[-40:]
+        raise error(f"out: '{shown}' is the working, home or root folder, or holds the current directory; "
+                    "refusing to replace it (choose a folder for the results)")
+
+
 def _check_out(out: Path, kind: str, marker: str, overwrite: bool, error: type[UserError]) -> None:
+    if overwrite or out.exists():  # an existing `out` is replaced whole when the block returns
+        check_replaceable(out, error)
     if out.exists() and not out.is_dir():
         raise error(f"{out}: exists and is not a directory (expected a folder for the {kind})")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -162,7 +179,8 @@ def _check_out(out: Path, kind: str, marker: str, overwrite: bool, error: type[U
         raise error(f"{out}: already holds {what}; pass --overwrite to replace the folder, or choose a new one")
 
 
-def _replace_dir(new: Path, out: Path, error: type[UserError]) -> None:
+def replace_dir(new: Path, out: Path, error: type[UserError] = UserError) -> None:
+    """Move the folder `new` onto `out`, replacing an earlier `out` whole (restored if the move fails)."""
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.{os.getpid()}.old"

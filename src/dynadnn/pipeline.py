@@ -46,9 +46,7 @@ def profile_part(net, out: Path, progress: Callable = _quiet) -> dict:
 
     with output_dir(out, "profile", "profile.json") as prof:
         tables = profile_device(net, ["cpu:1t", "cpu:2t"], prof, runs=320, members=30, member_runs=120,
-                                checkpoint="zoo:animals", progress=progress)
-        write_json(prof / "profile.json", {"preset": net.space.name, "contexts": list(tables),
-                                           "reports": {c: t.meta["report"] for c, t in tables.items()}}, indent=1)
+                                checkpoint="zoo:animals", progress=progress)  # writes profile.json too
     return tables
 
 

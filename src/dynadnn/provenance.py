@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,12 +22,29 @@ from .errors import UserError
 from .space import SearchSpace, load_space
 
 
+_SHA_CACHE: dict[tuple, str] = {}
+_SETTLED_S = 2.0  # a file modified this recently is not cached: a rewrite within one mtime tick would look unchanged
+
+
 def sha256_file(path: str | Path) -> str:
+    """The file's sha256. Cached on (resolved path, device, inode, size, mtime_ns), so that one command that
+    records a checkpoint in several artifacts reads it once; a file modified in the last seconds is hashed
+    each time."""
+    resolved = Path(path).resolve()
+    st = os.stat(resolved)
+    key = (str(resolved), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SHA_CACHE:
+        return _SHA_CACHE[key]
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(resolved, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - st.st_mtime_ns > _SETTLED_S * 1e9:
+        if len(_SHA_CACHE) >= 64:
+            _SHA_CACHE.clear()
+        _SHA_CACHE[key] = digest
+    return digest
 
 
 def checkpoint_ref(checkpoint: str | Path | None) -> tuple[str, str]:

@@ -40,10 +40,10 @@ from torch import Tensor
 
 from .data import load_dataset, resize_batch
 from .errors import CheckpointError, UserError
-from .fileio import _replace_dir, atomic_write, read_safetensors
+from .fileio import atomic_write, check_replaceable, read_safetensors, replace_dir
 from .space import Arch, SearchSpace, load_space
-from .supernet import SuperNet, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .supernet.checkpoint import resolve_checkpoint_path
+from .supernet import SuperNet, load_checkpoint, save_checkpoint
+from .supernet.checkpoint import RUN_CHECKPOINTS, resolve_checkpoint_path
 from .validate import MAX_SECONDS, count, number
 from .validate import device as check_device
 
@@ -228,9 +228,6 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer, step: int)
     return True
 
 
-RUN_FILES = ("final.safetensors", "last.safetensors")  # what marks a folder as holding a training run
-
-
 def _shown(path: Path) -> str:
     text = str(path)
     return text if len(text) <= 120 else text[:60] + "..." + text[-40:]
@@ -245,15 +242,15 @@ def check_out(out: str | Path, resume: bool = False, overwrite: bool = False) ->
         raise UserError(f"out: expected a folder for the run, got {out!r}")
     out = Path(out)
     try:
-        if overwrite and Path.cwd().is_relative_to(out.resolve()):
-            raise UserError(f"out: {_shown(out)} holds the current directory; refusing to replace it")
+        if overwrite:
+            check_replaceable(out, UserError)
         if out.exists() and not out.is_dir():
             raise UserError(f"out: {_shown(out)} exists and is not a directory (expected a folder for the run)")
         if resume and not (out / "last.safetensors").is_file():
             raise UserError(f"resume: no checkpoint to continue at {_shown(out / 'last.safetensors')}")
         busy = out.is_dir() and any(out.iterdir())
         if busy and not resume and not overwrite:
-            held = "a training run" if any((out / n).is_file() for n in RUN_FILES) else "other files"
+            held = "a training run" if any((out / n).is_file() for n in RUN_CHECKPOINTS) else "other files"
             raise UserError(f"out: {_shown(out)} already holds {held}; pass --resume to continue it, --overwrite "
                             "to replace the folder, or choose a new one")
         here = out if resume or not busy else out.parent
@@ -372,7 +369,7 @@ class _Run:
         save_checkpoint(self.net, path, self.meta(step, metrics))
         self.saved_step = step
         if self.replaces is not None:  # the first checkpoint of an overwrite: the new folder replaces the old
-            _replace_dir(self.out, self.replaces, UserError)
+            replace_dir(self.out, self.replaces, UserError)
             self.out, self.replaces = self.replaces, None
             path = self.out / name
         return path
@@ -457,7 +454,7 @@ def _start_run(recipe: Recipe, out: str | Path | None, *, resume: bool, overwrit
     if resume:
         net, start_step, spent_before = _resume(ckpt, recipe, space, rank)
     data = data or load_dataset(recipe.data, image_size=max(space.resolutions), in_channels=space.in_channels)
-    steps_per_epoch = _check_data(recipe, space, data, world)
+    steps_per_epoch = _check_data(recipe, space, data)
     net = _place_net(recipe, space, net, device)
     warmup = _fix_budget(recipe, steps_per_epoch)
     model = module = SandwichLoss(net, recipe.label_smoothing, recipe.channels_last)
@@ -481,28 +478,24 @@ def _resume(ckpt: Path | None, recipe: Recipe, space: SearchSpace, rank: int) ->
     """The interrupted run's network, step and training seconds from `ckpt`; keeps its step count."""
     if ckpt is None or not ckpt.is_file():
         raise UserError(f"--resume: no checkpoint at {ckpt}")
-    saved_meta = read_checkpoint_meta(ckpt)
+    net, saved_meta = load_checkpoint(ckpt)  # its metadata checked there (`check_meta`: field types, steps >= 0)
     if saved_meta.get("preset") != space.name:
         raise CheckpointError(f"--resume {ckpt}: checkpoint is for preset '{saved_meta.get('preset')}', "
                               f"this run trains '{space.name}'")
-    net, _ = load_checkpoint(ckpt)
     if recipe.dropout is not None:
         net.space = space
-    start_step = count(saved_meta.get("steps", 0), f"{ckpt}: metadata field 'steps'", error=CheckpointError)
+    start_step = int(saved_meta.get("steps", 0))
     saved = saved_meta.get("recipe") or {}
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{ckpt}: metadata field 'recipe': expected an object, got {type(saved).__name__}")
     if saved.get("steps") is not None:  # keep the schedule of the interrupted run
         recipe.steps = count(saved["steps"], f"{ckpt}: metadata field 'recipe.steps'", low=1, high=MAX_STEPS,
                              error=CheckpointError)
-    spent_before = number(saved_meta.get("train_seconds", 0.0), f"{ckpt}: metadata field 'train_seconds'",
-                          low=0, error=CheckpointError)
+    spent_before = float(saved_meta.get("train_seconds", 0.0))
     if rank == 0:
         print(f"resuming {ckpt} from step {start_step}", flush=True)
     return net, start_step, spent_before
 
 
-def _check_data(recipe: Recipe, space: SearchSpace, data, world: int) -> int:
+def _check_data(recipe: Recipe, space: SearchSpace, data) -> int:
     """Refuse data the network cannot take (channels, classes) or too little of it for one batch; return
     the steps per epoch."""
     if data.in_channels != space.in_channels or data.n_classes != space.n_classes:
@@ -528,11 +521,10 @@ def _place_net(recipe: Recipe, space: SearchSpace, net: SuperNet | None, device:
 
 
 def _fix_budget(recipe: Recipe, steps_per_epoch: int) -> int:
-    """Turn --epochs into a step count (in `recipe`), refuse a run without a budget; return the warm-up steps."""
+    """Turn --epochs into a step count (in `recipe`; `Recipe.validate` has required a budget); return the
+    warm-up steps."""
     if recipe.steps is None and recipe.epochs is not None:
         recipe.steps = max(1, int(round(recipe.epochs * steps_per_epoch)))
-    if recipe.steps is None and recipe.minutes is None:
-        raise UserError("give a budget: --minutes, --epochs or --steps")
     return int(recipe.warmup_epochs * steps_per_epoch)
 
 

@@ -56,14 +56,16 @@ def number(value: Any, name: str, *, low: float | None = None, high: float | Non
 
 
 def count(value: Any, name: str, *, low: int = 0, high: int | None = None,
-          error: type[UserError] = UserError) -> int:
-    """An integer (not a bool, not a float with a fraction) within [low, high]."""
+          error: type[UserError] = UserError, why: str | None = None) -> int:
+    """An integer (not a bool, not a float with a fraction) within [low, high]; `why` (the reason for the
+    bounds) is appended to the message in parentheses."""
+    reason = f" ({why})" if why else ""
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-        raise error(f"{name}: expected an integer, got {_show(value)}")
+        raise error(f"{name}: expected an integer, got {_show(value)}{reason}")
     value = int(value)
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise error(f"{name}: expected an integer {bound}, got {value}")
+        raise error(f"{name}: expected an integer {bound}, got {value}{reason}")
     return value
 
 

@@ -51,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import run_pipeline
     from .common import progress_bar
 
-    if validate.count(args.members, "members") < 2:
-        raise UserError(f"members: expected at least 2 members to switch among, got {args.members}")
-    validate.count(args.members, "members", high=32)
+    validate.count(args.members, "members", low=2, high=32, why="at least 2 members to switch among")
     validate.threads(args.threads, "threads")
     validate.count(args.runs, "runs", low=1, high=100_000)
     check_arguments(POLICIES, duration_s=args.duration)  # before part 1 loads anything

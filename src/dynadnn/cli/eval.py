@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_dataset
     from ..errors import UserError
-    from ..evaluate import check_data_fits, evaluate_members, parse_subnets, subnet_parts
+    from ..evaluate import evaluate_members, parse_subnets, subnet_parts
     from ..supernet import load_checkpoint
 
     threads = None if args.threads is None else validate.threads(args.threads, "threads")
@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.checkpoint}: no dataset in its metadata; pass --data")
     space = net.space
     data = load_dataset(spec, image_size=max(space.resolutions), in_channels=space.in_channels)
-    check_data_fits(net, data)
     members = parse_subnets(args.subnets, space, args.seed)
     console = Console(stderr=args.json)
     with console.status(f"evaluating {len(members)} member(s)") as status:

@@ -63,7 +63,7 @@ def hold_pages() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fileio import output_dir, write_json
+    from ..fileio import output_dir
     from ..predict.fitting import check_profile_options, profile_device
     from ..supernet.checkpoint import load_checkpoint
     from ..validate import threads as check_threads
@@ -86,7 +86,6 @@ def run(args: argparse.Namespace) -> int:
             tables = profile_device(net, contexts, tmp, resolutions=res, checkpoint=str(args.checkpoint),
                                     progress=progress, **options)
         reports = {ctx: t.meta["report"] for ctx, t in tables.items()}
-        write_json(tmp / "profile.json", {"preset": net.space.name, "contexts": contexts, "reports": reports}, indent=1)
     print(f"{'context':8s} {'members':>7s} {'MAPE raw':>9s} {'MAPE corr':>9s} {'tau raw':>8s} {'tau corr':>8s} {'range ms':>14s}")
     for ctx, r in reports.items():
         print(f"{ctx:8s} {r['members']:7d} {r['mape_raw']:8.1f}% {r['mape_corrected']:8.1f}% {r['tau_raw']:8.3f} "

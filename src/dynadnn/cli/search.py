@@ -13,6 +13,7 @@ BN-calibrated evaluations of random members.
 from __future__ import annotations
 
 import argparse
+from contextlib import suppress
 from pathlib import Path
 
 from .common import add_checkpoint_arguments, add_command, parse_names, progress_bar
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from ..predict.fitting import check_predictor_sizes
     from ..predict.latency import load_tables
     from ..predict.profiling import check_contexts
+    from ..provenance import checkpoint_ref
     from ..report import family_table
     from ..selection import carry_inputs, check_family_sizes, choose_family
     from ..supernet.checkpoint import load_checkpoint
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.predictor:
         check_predictor_sizes(args.samples, args.eval_images, args.calib_images, args.seed)
     out = Path(args.out)
+    with suppress(OSError):  # an unreadable file: load_checkpoint names the problem
+        checkpoint_ref(args.checkpoint)  # hashed before loading; what the artifacts record reuses it (cached)
     net, meta = load_checkpoint(args.checkpoint, args.preset)
     tables = load_tables(args.profile, net.space, contexts, checkpoint=args.checkpoint) if args.profile else None
     predictor = AccuracyPredictor.load(args.predictor, net.space, checkpoint=args.checkpoint) if args.predictor else None

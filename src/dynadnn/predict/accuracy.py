@@ -14,7 +14,6 @@ layout, training metrics).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +143,7 @@ class AccuracyPredictor:
     def save(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        from ..fileio import atomic_write, make_dir
+        from ..fileio import atomic_write, make_dir, write_json
 
         directory = make_dir(directory, "predictor directory")
         tensors = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
@@ -152,8 +151,7 @@ class AccuracyPredictor:
         info = {**self.meta, "format": PREDICTOR_FORMAT, "preset": self.space.name, "space": self.space.to_dict(),
                 "checkpoint_sha256": self.checkpoint_sha256 or None, "encoding_size": self.space.encoding_size,
                 "hidden": list(self.hidden), "output": "top-1 fraction (x100 = percent)"}
-        text = json.dumps(info, indent=1)
-        atomic_write(directory / "predictor.json", lambda p: Path(p).write_text(text))
+        write_json(directory / "predictor.json", info, indent=1)
         return directory
 
     @classmethod

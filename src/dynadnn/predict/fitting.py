@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from ..errors import UserError
 from ..evaluate import calibrate, top1
+from ..fileio import write_json
 from ..provenance import checkpoint_ref
 from .accuracy import MIN_PAIRS, AccuracyPredictor, FitReport
 from .latency import LatencyTable, context_dirname
@@ -35,7 +36,8 @@ def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, 
                    checkpoint: str | None = None, progress: Progress = _quiet) -> dict[str, LatencyTable]:
     """Latency tables of `net`'s space for each context, measured on this device. Each table carries its
     correction and its member check (`table.meta["report"]`: MAPE and Kendall tau on held-out members).
-    `checkpoint` (the path or zoo:NAME `net` came from) is recorded by its sha256. With `out`, each table is written to `out/<context>/` (Dynamic-OFA's format plus table.json). Runs
+    `checkpoint` (the path or zoo:NAME `net` came from) is recorded by its sha256. With `out`, each table is written to `out/<context>/` (Dynamic-OFA's format plus table.json),
+    and `out/profile.json` (preset, contexts, each context's report). Runs
     default per backend (`predict.profiling.DEFAULT_RUNS`)."""
     space = net.space
     contexts, res = check_profile_options(space, contexts, resolutions, runs, warmup, members, member_runs, backend)
@@ -68,8 +70,11 @@ def profile_device(net, contexts: Sequence[str], out: str | Path | None = None, 
                                  for a, m, p, lut in zip(check.archs, check.measured_ms, check.p95_ms, check.lut_ms)]})
         table.meta = meta
         if out is not None:
-            table.save(Path(out) / context_dirname(ctx), meta)
+            table.save(Path(out) / context_dirname(ctx))
         tables[ctx] = table
+    if out is not None:
+        write_json(Path(out) / "profile.json", {"preset": space.name, "contexts": list(tables),
+                                                "reports": {c: t.meta["report"] for c, t in tables.items()}}, indent=1)
     return tables
 
 
@@ -89,9 +94,7 @@ def check_profile_options(space, contexts: Sequence[str], resolutions: Sequence[
     if runs is not None:
         count(runs, "runs", low=1, high=MAX_RUNS)
     count(warmup, "warmup", low=0, high=MAX_RUNS)
-    if isinstance(members, int) and not isinstance(members, bool) and 0 <= members < 10:
-        raise UserError(f"members: need at least 10 whole members to fit and check a correction, got {members}")
-    count(members, "members", low=10, high=MAX_MEMBERS)
+    count(members, "members", low=10, high=MAX_MEMBERS, why="at least 10 whole members fit and check a correction")
     if member_runs is not None:
         count(member_runs, "member_runs", low=1, high=MAX_RUNS)
     contexts = check_contexts(contexts)
@@ -113,9 +116,8 @@ def check_predictor_sizes(samples: int, eval_images: int | None = None, calib_im
     """The checks `fit_accuracy_predictor` makes first (callers may run them before other long work)."""
     from ..validate import count
 
-    if isinstance(samples, int) and not isinstance(samples, bool) and samples < MIN_PAIRS:
-        raise UserError(f"samples: the accuracy predictor needs at least {MIN_PAIRS} measured members, got {samples}")
-    count(samples, "samples", low=MIN_PAIRS, high=MAX_MEMBERS)
+    count(samples, "samples", low=MIN_PAIRS, high=MAX_MEMBERS,
+          why=f"the accuracy predictor needs at least {MIN_PAIRS} measured members")
     if eval_images is not None:
         count(eval_images, "eval_images", low=1)
     check_measure_sizes(calib_images, seed)

@@ -21,7 +21,6 @@ the device) absorbs it.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,22 +362,19 @@ class LatencyTable:
         """Write Dynamic-OFA's layout (one JSON per resolution) plus `table.json` (context, preset and `space`,
         the search space's full description, `checkpoint_sha256`, correction, provenance from `self.meta`
         and `meta`); each file atomically."""
-        from ..fileio import atomic_write, make_dir
+        from ..fileio import make_dir, write_json, write_text
 
         directory = make_dir(directory, "table directory")
         for r in self.resolutions:
-            text = json.dumps(self.entries[r], indent=1, sort_keys=True)
-            atomic_write(directory / f"{r}_lookup_table.json", lambda p, t=text: Path(p).write_text(t))
+            write_json(directory / f"{r}_lookup_table.json", self.entries[r], indent=1, sort_keys=True)
             if yaml_too:
-                ytext = yaml_table_text(self.entries[r])
-                atomic_write(directory / f"{r}_lookup_table.yaml", lambda p, t=ytext: Path(p).write_text(t))
+                write_text(directory / f"{r}_lookup_table.yaml", yaml_table_text(self.entries[r]))
         extra = {**dict(self.meta), **dict(meta or {})}
         info = {**extra, "format": TABLE_FORMAT, "context": self.context, "preset": self.space.name,
                 "space": self.space.to_dict(), "checkpoint_sha256": self.checkpoint_sha256 or extra.get("checkpoint_sha256"),
                 "resolutions": list(self.resolutions), "unit": "ms",
                 "correction": self.correction.to_dict() if self.correction else None}
-        text = json.dumps(info, indent=1)
-        atomic_write(directory / TABLE_META, lambda p: Path(p).write_text(text))
+        write_json(directory / TABLE_META, info, indent=1)
         return directory
 
     def check_checkpoint(self, checkpoint: str | Path) -> None:

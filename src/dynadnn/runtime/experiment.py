@@ -185,16 +185,10 @@ def stream_fps(scenario: Scenario, manager: RuntimeManager, fps: float | None, d
 
 
 def check_out(out: Any, what: str) -> Path:
-    """A result folder: a non-empty path that is not the working, home or root folder (which `--overwrite`
-    would replace whole)."""
+    """A result folder: a non-empty path (`fileio.output_dir` refuses the working, home or root folder, which
+    it would replace whole)."""
     if not isinstance(out, (str, Path)) or not str(out).strip():
         raise UserError(f"out: expected a folder for the {what}'s results, got {str(out)!r:.60}")
-    try:
-        risky = Path(out).resolve() in (Path.cwd(), Path.home(), Path("/"))
-    except (OSError, RuntimeError):
-        risky = False  # output_dir names the problem
-    if risky:
-        raise UserError(f"out: '{out}' is the working, home or root folder; expected a folder for the {what}'s results")
     return Path(out)
 
 
