@@ -159,7 +159,7 @@ def check_family_sizes(members: int, candidates: int | None = None, calib_images
     from .predict.fitting import check_measure_sizes
     from .validate import count
 
-    count(members, "members", low=2, high=MAX_CANDIDATES, why="a family needs at least 2 members")
+    count(members, "members", low=2, high=MAX_CANDIDATES, why="a family of at least 2 members")
     n_cand = 3 * members if candidates is None else count(candidates, "candidates", low=2, high=MAX_CANDIDATES)
     if n_cand < members:
         raise UserError(f"candidates: expected at least members ({members}), got {n_cand}")

@@ -57,15 +57,15 @@ def number(value: Any, name: str, *, low: float | None = None, high: float | Non
 
 def count(value: Any, name: str, *, low: int = 0, high: int | None = None,
           error: type[UserError] = UserError, why: str | None = None) -> int:
-    """An integer (not a bool, not a float with a fraction) within [low, high]; `why` (the reason for the
-    bounds) is appended to the message in parentheses."""
-    reason = f" ({why})" if why else ""
+    """An integer (not a bool, not a float with a fraction) within [low, high]. `why` words an out-of-range
+    message (`members: expected at least 2 members to switch among (an integer in 2..32), got 1`)."""
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-        raise error(f"{name}: expected an integer, got {_show(value)}{reason}")
+        raise error(f"{name}: expected an integer, got {_show(value)}")
     value = int(value)
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise error(f"{name}: expected an integer {bound}, got {value}{reason}")
+        raise error(f"{name}: expected {why} (an integer {bound}), got {value}" if why else
+                    f"{name}: expected an integer {bound}, got {value}")
     return value
 
 

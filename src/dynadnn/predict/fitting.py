@@ -94,7 +94,7 @@ def check_profile_options(space, contexts: Sequence[str], resolutions: Sequence[
     if runs is not None:
         count(runs, "runs", low=1, high=MAX_RUNS)
     count(warmup, "warmup", low=0, high=MAX_RUNS)
-    count(members, "members", low=10, high=MAX_MEMBERS, why="at least 10 whole members fit and check a correction")
+    count(members, "members", low=10, high=MAX_MEMBERS, why="at least 10 whole members to fit and check a correction")
     if member_runs is not None:
         count(member_runs, "member_runs", low=1, high=MAX_RUNS)
     contexts = check_contexts(contexts)
@@ -117,7 +117,7 @@ def check_predictor_sizes(samples: int, eval_images: int | None = None, calib_im
     from ..validate import count
 
     count(samples, "samples", low=MIN_PAIRS, high=MAX_MEMBERS,
-          why=f"the accuracy predictor needs at least {MIN_PAIRS} measured members")
+          why=f"at least {MIN_PAIRS} measured members for the accuracy predictor")
     if eval_images is not None:
         count(eval_images, "eval_images", low=1)
     check_measure_sizes(calib_images, seed)
