@@ -46,17 +46,17 @@ def one_scenario(name: str, family: str, args, say) -> dict:
     """Every policy through one scenario; the numbers the summaries read."""
     result = run_experiment(family, load_scenario(name), POLICIES, duration_s=args.duration, fps=args.fps,
                             dataset=args.dataset, threads=args.threads, backends=args.backends, members=args.members,
-                            calibrate_s=args.calibrate_s, say=say)
+                            calibrate_s=args.calibrate_s, batch=args.batch, say=say)
     pol = {}
     for tr in result.traces:
         s = tr.summary()
         pol[tr.policy] = {"on_time": round(s["on_time"], 4), "mean_top1": round(s["mean_top1"], 3),
                           "switches": s["switches"], "p99_ms": round(s["p99_ms"], 3), "p95_ms": round(s["p95_ms"], 3),
-                          "frames": s["frames"], "decision_p99_us": round(s["decision_p99_us"], 2)}
+                          "frames": s["frames"], "dropped": s["dropped"], "decision_p99_us": round(s["decision_p99_us"], 2)}
     static = next(tr for tr in result.traces if tr.policy == "static")
     phase, heavy = heavy_phase(static)
     cal = result.extra.get("deadline_calibration", {})
-    return {"deadline_ms": result.deadline_ms, "fps": result.extra.get("fps"),
+    return {"deadline_ms": result.deadline_ms, "fps": result.extra.get("fps"), "batch": result.extra.get("batch"),
             "calibration": {"bites": cal.get("bites"), "heavy_load": cal.get("heavy_load"),
                             "capped": cal.get("capped"), "static_heavy_miss": cal.get("static_heavy_miss")},
             "static_on_time_heavy": round(heavy, 4), "heavy_phase": phase, "policies": pol}
@@ -85,6 +85,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=None, help="seconds per policy (quick: 5, else 24)")
     ap.add_argument("--calibrate-s", type=float, default=None, help="seconds per distinct load (quick: 3, else 12)")
     ap.add_argument("--fps", type=float, default=None, help="frame rate (default: each scenario's pacing, else 100)")
+    ap.add_argument("--batch", type=int, default=None, help="images per frame (default: each scenario's pacing, else 1)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--backends", default=None, help="default torch,ort; --quick: ort")
     args = ap.parse_args()

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=20.0, help="seconds per policy run")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the stream (default: the scenario's "
                    "pacing, else 100)")
+    p.add_argument("--batch", type=int, default=None, help="images per frame, run together (default: the "
+                   "scenario's pacing, else 1)")
     p.add_argument("--min-top1", type=float, default=0.0, help="minimum accuracy target (percent)")
     p.add_argument("--dataset", default="animals", help="dataset whose test split feeds the stream (if the family "
                    "does not name one)")
@@ -67,7 +69,7 @@ def run(args) -> int:
     threads = parse_int_list(args.threads, "--threads") if args.threads is not None else None
     options = dict(duration_s=args.duration, fps=args.fps, deadline_ms=args.deadline_ms, min_top1=args.min_top1,
                    threads=threads, backends=parse_names(args.backends, "--backends"), members=args.members,
-                   calib_images=args.calib_images, calibrate_s=args.calibrate_s)
+                   calib_images=args.calib_images, calibrate_s=args.calibrate_s, batch=args.batch)
     policies = parse_names(args.policy, "--policy")
     check_arguments(policies, **options)  # every number, before the scenario or the family is read
     scenario = load_scenario(args.scenario)

@@ -839,9 +839,19 @@ static int records_grow(ServingObject *s) {
     return 0;
 }
 
-static PyObject *serving_predict(ServingObject *s, PyObject *x) {
+static PyObject *serving_predict(ServingObject *s, PyObject *const *args, Py_ssize_t nargs) {
     /* with record_cpu, the spans are also read in CPU time: a system call at each end, outside the wall
        spans, but it leaves the caches colder for them (so it is off unless asked for) */
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "predict(x, released_at=None)");
+        return NULL;
+    }
+    PyObject *x = args[0];
+    double released = -1.0; /* the frame's release (capture) time: latency counts from it */
+    if (nargs == 2 && args[1] != Py_None) {
+        released = PyFloat_AsDouble(args[1]);
+        if (released == -1.0 && PyErr_Occurred()) return NULL;
+    }
     double c0 = s->record_cpu ? cpu_s() : 0.0;
     double t0 = now_s();
     int idx = s->current;
@@ -879,7 +889,8 @@ static PyObject *serving_predict(ServingObject *s, PyObject *x) {
     }
     double c2 = s->record_cpu ? cpu_s() : 0.0;
     double t2 = now_s();
-    double lat = (t2 - t1) * 1e3;
+    double start = released >= 0.0 ? released : t1;
+    double lat = (t2 - start) * 1e3;
     /* targets and sample as they are now (set from other threads while the runner ran); no Python code
        runs before the native policy has used them, so borrowed references are safe there */
     PyObject *targets = s->targets, *sample = s->sample;
@@ -922,7 +933,7 @@ static PyObject *serving_predict(ServingObject *s, PyObject *x) {
         double c3 = s->record_cpu ? cpu_s() : 0.0;
         if (s->len == s->cap && records_grow(s) < 0) goto fail;
         Py_ssize_t k = s->len++;
-        s->r_t[k] = t1;
+        s->r_t[k] = start;
         s->r_opt[k] = idx;
         s->r_lat[k] = lat;
         s->r_dec[k] = ((t1 - t0) + (t3 - t2)) * 1e6;
@@ -1123,7 +1134,8 @@ static int serving_set_current(ServingObject *s, PyObject *value, void *unused) 
 }
 
 static PyMethodDef serving_methods[] = {
-    {"predict", (PyCFunction)serving_predict, METH_O, "predict(x): run the current option, measure, decide"},
+    {"predict", (PyCFunction)(void (*)(void))serving_predict, METH_FASTCALL,
+     "predict(x, released_at=None): run the current option, measure (from released_at when given), decide"},
     {"set_targets", (PyCFunction)serving_set_targets, METH_O, "set_targets(targets)"},
     {"set_sample", (PyCFunction)serving_set_sample, METH_O, "set_sample(sample): the system monitor's latest"},
     {"set_policy", (PyCFunction)(void (*)(void))serving_set_policy, METH_FASTCALL, "set_policy(policy, monitor)"},

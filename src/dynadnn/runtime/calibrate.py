@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..validate import number, seconds
 from .manager import RuntimeManager
 from .scenario import Phase, Scenario
-from .stream import Frames, wait_for_tick
+from .stream import Frames, Pacer
 
 clock = time.perf_counter
 WARM_FRAMES = 3  # paced frames left out at the start of each option's block
@@ -37,7 +37,7 @@ class Calibration:
 
     def quantile_table(self, q: float) -> dict[int, list[float]]:
         """Per scenario phase, per option: the q-quantile latency (for the oracle)."""
-        return {ph: [float(np.quantile(l, q)) if len(l) else float("inf") for l in self.latencies[key]]
+        return {ph: [float(np.quantile(l, q, method="higher")) if len(l) else float("inf") for l in self.latencies[key]]
                 for ph, key in enumerate(self.phase_keys)}
 
     def on_time(self, option: int, deadline_ms: float, load: int | None = None) -> float:
@@ -81,23 +81,21 @@ def measure_under_loads(manager: RuntimeManager, frames: Frames, scenario: Scena
 def _measure_options(manager: RuntimeManager, frames: Frames, seconds_total: float, period: float,
                      focus: list[int]) -> list[np.ndarray]:
     """Each option runs a contiguous block at the stream's pacing, as it would when chosen (its duty cycle
-    decides how the scheduler treats the process); `focus` options get three blocks' worth."""
+    decides how the scheduler treats the process), its latency measured as the stream measures it (from
+    the frame's release; a dropped frame: inf); `focus` options get three blocks' worth."""
     n_opt = len(manager.options)
     per: list[list[float]] = [[] for _ in range(n_opt)]
     weights = [3 if i in focus else 1 for i in range(n_opt)]
     unit = seconds_total / sum(weights)
-    k = 0
     for i in range(n_opt):
         end = clock() + unit * weights[i]
-        next_t = clock()
-        manager.runners[i](frames.frame(k))  # one untimed frame: the switch itself is not the point here
+        manager.runners[i](frames.frame(0))  # one untimed frame: the switch itself is not the point here
+        pacer = Pacer(period)
         while clock() < end:
-            next_t = wait_for_tick(next_t, period)
-            x = frames.frame(k)
-            t0 = clock()
-            manager.runners[i](x)
-            per[i].append((clock() - t0) * 1e3)
-            k += 1
+            released = pacer.next()
+            manager.runners[i](frames.frame(pacer.k))
+            per[i].append((clock() - released) * 1e3)  # as the stream measures it: from the frame's release
+        per[i].extend([math.inf] * len(pacer.dropped))  # no answer: late whatever the deadline
     # the first paced frames of a block still pay for the switch (cold caches): a policy that stays on an
     # option does not, and a few of them would be the whole 1 % tail of a short block
     return [np.asarray(v[WARM_FRAMES:] if len(v) > 4 * WARM_FRAMES else v) for v in per]
@@ -158,7 +156,12 @@ class DeadlineChoice:
 
 
 def _q(lat: np.ndarray, q: float) -> float:
-    return float(np.quantile(lat, q)) if len(lat) else float("nan")
+    return float(np.quantile(lat, q, method="higher")) if len(lat) else float("nan")  # drops (inf) never make nan
+
+
+def _q_served(lat: np.ndarray, q: float) -> float:
+    """The q-quantile of the frames served (dropped ones left out): a latency to set a deadline from."""
+    return _q(lat[np.isfinite(lat)], q)
 
 
 def _loads_with(cal: Calibration, option: int) -> list[int]:
@@ -167,7 +170,7 @@ def _loads_with(cal: Calibration, option: int) -> list[int]:
 
 def _ceiling(manager: RuntimeManager, cal: Calibration, load: int, ceiling_x: float) -> float:
     """`ceiling_x` x the slowest member's p99 under `load`, at its best measured option."""
-    p99 = [_q(cal.latencies[load][i], 0.99) for i in _member_options(manager.options, max)
+    p99 = [_q_served(cal.latencies[load][i], 0.99) for i in _member_options(manager.options, max)
            if len(cal.latencies[load][i])]
     return ceiling_x * min(p99) if p99 else float("inf")
 
@@ -195,7 +198,7 @@ def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: f
                             "(no frame); expected more seconds per load")
     loads = _loads_with(cal, s_opt)
     heavy = max(loads, key=lambda k: _q(cal.latencies[k][s_opt], 1.0 - static_miss))
-    worst = {i: max(_q(cal.latencies[k][i], fastest_on_time) for k in _loads_with(cal, i)) for i in cands}
+    worst = {i: max(_q_served(cal.latencies[k][i], fastest_on_time) for k in _loads_with(cal, i)) for i in cands}
     f_opt = min(cands, key=lambda i: worst[i])
     idle_p95 = opts[s_opt].p95_ms  # back to back at load ...
     if cal.idle is not None and len(cal.latencies[cal.idle][s_opt]):  # ... and at the stream's pacing, idle
@@ -204,9 +207,13 @@ def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: f
     static_ok = max(_q(cal.latencies[k][s_opt], static_on_time) for k in loads)  # on time that often everywhere
     if static_ok <= tail_slack * floor:
         wanted = max(static_ok, floor)
-    else:  # below the cap, >= static_miss of the heavy frames exceed the deadline
-        wanted = max(_q(cal.latencies[heavy][s_opt], 1.0 - static_miss) * below_cap, floor)
+    else:  # below the cap, >= static_miss of the heavy frames exceed the deadline (or are dropped: inf)
+        q_heavy = _q(cal.latencies[heavy][s_opt], 1.0 - static_miss)
+        wanted = max(q_heavy * below_cap, floor) if math.isfinite(q_heavy) else floor
     ceiling = _ceiling(manager, cal, heavy, ceiling_x)
+    if not math.isfinite(min(wanted, ceiling)):
+        raise UserError("calibrate_s: no frame of the fastest member or of the static option was served under the "
+                        "scenario's loads; expected a longer calibration or a lighter scenario")
     deadline = math.ceil(min(wanted, ceiling) * 1e3 - 1e-6) / 1e3
     static_worst = min(cal.on_time(s_opt, deadline, k) for k in loads)
     st_miss = 1.0 - cal.on_time(s_opt, deadline, heavy)

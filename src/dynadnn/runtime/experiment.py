@@ -21,7 +21,7 @@ from ..fileio import output_dir, write_json
 from .calibrate import Calibration, calibrate_deadline, measure_under_loads, rule_options
 from .manager import RuntimeManager, check_backends
 from .members import MAX_MEMBERS, FamilySource, family_kind, load_family
-from .options import MAX_FPS, Targets
+from .options import MAX_BATCH, MAX_FPS, Targets
 from .policies import REGISTRY, OraclePolicy, Policy, make_policy
 from .scenario import Scenario, load_scenario
 from .stream import Frames, run_stream
@@ -40,7 +40,7 @@ class Setup:
 
 def setup(family: str | Family | FamilySource, dataset: str, targets: Targets, threads: Sequence[int] | None = None,
           backends: Sequence[str] = ("torch", "ort"), members: int = 5, say: Callable[[str], None] = lambda m: None,
-          calib_images: int = 1000, lock_memory: bool = True, record_cpu: bool = False) -> Setup:
+          calib_images: int = 1000, lock_memory: bool = True, record_cpu: bool = False, batch: int = 1) -> Setup:
     from ..data import load_dataset
 
     if isinstance(family, FamilySource):
@@ -54,10 +54,10 @@ def setup(family: str | Family | FamilySource, dataset: str, targets: Targets, t
     if data.in_channels != source.supernet.space.in_channels:
         raise UserError(f"dataset: '{source.dataset}' has {data.in_channels} channel(s); the family's space "
                         f"'{source.supernet.space.name}' expects {source.supernet.space.in_channels}")
-    frames = Frames.from_dataset(data, [a.r for a in source.archs])
+    frames = Frames.from_dataset(data, [a.r for a in source.archs], batch=batch)
     say(f"{len(source.archs)} members, top-1 " + ", ".join(f"{t:.1f}" for t in source.top1))
     manager = RuntimeManager(source, "static", targets, threads=threads, backends=backends, progress=say,
-                             lock_memory=lock_memory, record_cpu=record_cpu)
+                             lock_memory=lock_memory, record_cpu=record_cpu, batch=batch)
     return Setup(source, manager, frames)
 
 
@@ -128,6 +128,7 @@ class RunArguments:
     members: int
     calib_images: int
     calibrate_s: float
+    batch: int | None  # None: the scenario's pacing.batch, else 1
 
 
 def _names(value: Any, name: str, options: Sequence[str]) -> tuple[str, ...]:
@@ -140,7 +141,7 @@ def _names(value: Any, name: str, options: Sequence[str]) -> tuple[str, ...]:
 def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: float = 20.0, fps: float | None = None,
                     deadline_ms: float | None = None, min_top1: float = 0.0, threads: Sequence[int] | None = None,
                     backends: Sequence[str] = ("torch", "ort"), members: int = 5, calib_images: int = 1000,
-                    calibrate_s: float = 3.0) -> RunArguments:
+                    calibrate_s: float = 3.0, batch: int | None = None) -> RunArguments:
     """Every argument of `run_experiment` checked before anything is loaded or started: one-line errors that
     start with the parameter's name as the CLI spells it (`duration`, `fps`, `threads`, ...)."""
     pols = _names(policies, "policy", list(REGISTRY))
@@ -157,7 +158,8 @@ def check_arguments(policies: Sequence[str] = ("feedback",), *, duration_s: floa
     return RunArguments(
         pols, duration, fps, deadline_ms, validate.number(min_top1, "min_top1", low=0.0, high=100.0), threads,
         check_backends([backends] if isinstance(backends, str) else backends), validate.count(members, "members", low=2, high=MAX_MEMBERS),
-        validate.count(calib_images, "calib_images", low=1), validate.seconds(calibrate_s, "calibrate_s"))
+        validate.count(calib_images, "calib_images", low=1), validate.seconds(calibrate_s, "calibrate_s"),
+        None if batch is None else validate.count(batch, "batch", low=1, high=MAX_BATCH))
 
 
 def _check_fps(fps: Any, duration: float, where: str = "fps") -> float:
@@ -205,7 +207,8 @@ def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str
                    duration_s: float = 20.0, fps: float | None = None, deadline_ms: float | None = None,
                    min_top1: float = 0.0, dataset: str = "animals", threads: Sequence[int] | None = None,
                    backends: Sequence[str] = ("torch", "ort"), members: int = 5, calib_images: int = 1000,
-                   calibrate_s: float = 3.0, lock_memory: bool = True, out: str | Path | None = None,
+                   calibrate_s: float = 3.0, batch: int | None = None, lock_memory: bool = True,
+                   out: str | Path | None = None,
                    overwrite: bool = False, say: Callable[[str], None] = lambda m: None) -> Experiment:
     """Serve the family's frame stream through `scenario` under each policy in turn, at `fps` (default: the
     scenario's pacing, else 100; `stream_fps`). Without `deadline_ms`, the deadline is calibrated first
@@ -217,7 +220,7 @@ def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str
     that cannot be written, or that holds files without `overwrite`, is refused before the work starts."""
     a = check_arguments(policies, duration_s=duration_s, fps=fps, deadline_ms=deadline_ms, min_top1=min_top1,
                         threads=threads, backends=backends, members=members, calib_images=calib_images,
-                        calibrate_s=calibrate_s)
+                        calibrate_s=calibrate_s, batch=batch)
     scenario = load_scenario(scenario)
     if not isinstance(family, (Family, FamilySource)):
         family_kind(family)  # a path that is not there: refused before --out is touched
@@ -235,12 +238,13 @@ def run_experiment(family: str | Family | FamilySource, scenario: Scenario | str
 def _experiment(family: str | Family | FamilySource, scenario: Scenario, a: RunArguments, dataset: str,
                 lock_memory: bool, say: Callable[[str], None]) -> Experiment:
     targets = Targets(deadline_ms=a.deadline_ms or 1000.0, min_top1=a.min_top1).validate()
+    batch = a.batch or (scenario.pacing.batch if scenario.pacing else None) or 1
     st = setup(family, dataset, targets, a.threads, a.backends, a.members, say, calib_images=a.calib_images,
-               lock_memory=lock_memory)
+               lock_memory=lock_memory, batch=batch)
     try:
         fps, how = stream_fps(scenario, st.manager, a.fps, a.duration_s)
         say(f"pacing: {how}")
-        calibration, extra = None, {"fps": fps}
+        calibration, extra = None, {"fps": fps, "batch": batch}
         if a.deadline_ms is None or "oracle" in a.policies:
             calibration = calibrate(st, scenario, a.calibrate_s, fps, say)
         if a.deadline_ms is None:

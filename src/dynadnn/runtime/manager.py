@@ -34,7 +34,7 @@ from ..deploy import BACKENDS, member_runners
 from .knobs import build_options
 from .members import FamilySource
 from .monitors import LatencyMonitor, SystemMonitor
-from .options import Targets, fastest
+from .options import MAX_BATCH, Targets, fastest
 from .policies import Policy, make_policy
 from .serving import Records, Serving
 
@@ -68,10 +68,12 @@ class RuntimeManager:
                  *, supernet: SuperNet | None = None, threads: Sequence[int] | None = None,
                  backends: Sequence[str] = BACKENDS,
                  platform: LocalPlatform | None = None, system_period_s: float = 0.1,
-                 system_reader: Callable | None = None, profile_frames: int = 40, pin_affinity: bool = False,
+                 system_reader: Callable | None = None, profile_frames: int = 40, batch: int = 1,
+                 pin_affinity: bool = False,
                  lock_memory: bool = False, record: bool = True, record_cpu: bool = False,
                  progress: Callable[[str], None] | None = None):
         backends, threads = _check_arguments(backends, threads, profile_frames, system_period_s)
+        self.batch = validate.count(batch, "batch", low=1, high=MAX_BATCH)  # images per frame: what is profiled
         if isinstance(source, Family):  # in memory: its members on `supernet` (else its checkpoint, loaded)
             source = FamilySource.from_family(source, supernet)
         if not isinstance(source, FamilySource):
@@ -126,7 +128,7 @@ class RuntimeManager:
             on_export_error=lambda i, exc: self._log("export_failed", member=i, error=f"{type(exc).__name__}: {exc}"))
         say("measuring every member on every backend and thread count")
         r = max(a.r for a in src.archs)
-        example = torch.randn(1, self.in_channels, r, r)
+        example = torch.randn(self.batch, self.in_channels, r, r)
         self.options, self.runners, report = build_options(candidates, src.top1, src.names, example, n=profile_frames)
         self._log("profiled", measurements=report)
         self.safe = fastest(self.options)
@@ -195,11 +197,12 @@ class RuntimeManager:
     def current(self, idx: int) -> None:
         self.serving.current = idx
 
-    def predict(self, x) -> torch.Tensor:
+    def predict(self, x, released_at: float | None = None) -> torch.Tensor:
         """Logits for an image batch (NCHW at any resolution, or a {resolution: batch} mapping): runs the
         current option, measures it, lets the policy decide (`serving.Serving`; instances bind
-        `self.predict` to it directly)."""
-        return self.serving.predict(x)
+        `self.predict` to it directly). `released_at` (`time.perf_counter()` seconds): when the frame was
+        captured; the latency measured, and held to the deadline, then counts from it (waiting included)."""
+        return self.serving.predict(x, released_at)
 
     def _switched(self, nxt: int, lat: float, t: float) -> int:
         """The policy chose an option with knobs to turn (`_sync_knobs`): turn them; the option now current."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 MAX_FPS = 100_000.0  # frames per second: 10 us a frame, beyond any batch-1 member's latency
+MAX_BATCH = 1024  # images per frame (a frame's batch: the stream's and the profile's)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import parse_json, read_json_object
+from .options import MAX_BATCH
 from ..validate import MAX_PROCESSES, MAX_SECONDS, choice, count, number, seconds
 from ..validate import field as json_field
 from .conditions import Conditions
@@ -44,10 +45,12 @@ MAX_CPUS = 4096  # a phase's `cpus`: more than any machine; what the app has is 
 
 @dataclass(frozen=True)
 class Pacing:
-    """The app's frame rate: absolute `fps`, or a period of `period_x_p50` x the most accurate member's p50."""
+    """The app's frame rate: absolute `fps`, or a period of `period_x_p50` x the most accurate member's p50;
+    `batch`: images per frame (e.g. the object crops of one camera frame), each inference runs them together."""
 
     fps: float | None = None
     period_x_p50: float | None = None
+    batch: int | None = None
 
     def fps_for(self, p50_ms: float) -> float:
         """Frames per second given the most accurate member's measured p50 (ms)."""
@@ -56,7 +59,8 @@ class Pacing:
         return 1000.0 / (self.period_x_p50 * float(p50_ms))
 
     def to_dict(self) -> dict[str, float]:
-        return {k: v for k, v in (("fps", self.fps), ("period_x_p50", self.period_x_p50)) if v is not None}
+        return {k: v for k, v in (("fps", self.fps), ("period_x_p50", self.period_x_p50), ("batch", self.batch))
+                if v is not None}
 
 
 @dataclass(frozen=True)
@@ -174,12 +178,15 @@ def _known_keys(doc: dict, keys: tuple[str, ...], where: str) -> None:
 
 
 def _parse_pacing(doc: Any, where: str) -> Pacing:
-    if not isinstance(doc, dict) or len(doc) != 1:
-        raise UserError(f"{where}: expected an object with one of fps, period_x_p50, got {doc!r:.40}")
-    _known_keys(doc, ("fps", "period_x_p50"), where)
+    if isinstance(doc, dict):
+        _known_keys(doc, ("fps", "period_x_p50", "batch"), where)
+    if not isinstance(doc, dict) or len(set(doc) & {"fps", "period_x_p50"}) != 1:
+        raise UserError(f"{where}: expected an object with one of fps, period_x_p50 (and optionally batch), "
+                        f"got {doc!r:.40}")
+    batch = count(doc["batch"], f"{where}.batch", low=1, high=MAX_BATCH) if "batch" in doc else None
     if "fps" in doc:
-        return Pacing(fps=number(doc["fps"], f"{where}.fps", low=0.0, low_open=True, high=MAX_APP_FPS * 10))
-    return Pacing(period_x_p50=number(doc["period_x_p50"], f"{where}.period_x_p50", low=1.0, high=1000.0))
+        return Pacing(fps=number(doc["fps"], f"{where}.fps", low=0.0, low_open=True, high=MAX_APP_FPS * 10), batch=batch)
+    return Pacing(period_x_p50=number(doc["period_x_p50"], f"{where}.period_x_p50", low=1.0, high=1000.0), batch=batch)
 
 
 def _parse_targets(doc: Any, where: str) -> dict[str, float]:

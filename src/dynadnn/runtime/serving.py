@@ -9,7 +9,7 @@ caches are cold and each interpreted line costs about a microsecond, which alone
 
     s = Serving(runners, p50s, on_switch, on_error, record=True)
     s.set_targets(targets); s.set_sample(sample); s.set_policy(policy, monitor); s.set_knobs(flags); s.current = k
-    y = s.predict(x)
+    y = s.predict(x)                  # or s.predict(x, released_at=t): latency counts from the frame's release
     s.records()  /  s.reset_records()  /  s.switches()
 
 A switch is logged here, not by the manager; `on_switch(option, latency_ms, t)` is called only for options
@@ -80,7 +80,7 @@ class PyServing:
     def set_policy(self, policy, monitor) -> None:
         self.step, self.monitor = policy.step, monitor
 
-    def predict(self, x):
+    def predict(self, x, released_at: float | None = None):
         c0 = cpu_clock() if self.record_cpu else 0.0
         t0 = clock()
         idx = self.current
@@ -93,7 +93,8 @@ class PyServing:
             y, idx = self.on_error(x, idx, exc)
         c2 = cpu_clock() if self.record_cpu else 0.0
         t2 = clock()
-        lat = (t2 - t1) * 1e3
+        start = t1 if released_at is None else released_at
+        lat = (t2 - start) * 1e3
         targets, deadline = self._now  # as set while the runner ran
         self.monitor.update(lat, self.p50[idx], deadline)
         nxt = self.step(t2, lat, idx, targets, self.sample)
@@ -105,7 +106,7 @@ class PyServing:
         if self.record:
             c3 = cpu_clock() if self.record_cpu else 0.0
             r = self._records
-            r.t.append(t1)
+            r.t.append(start)
             r.option.append(idx)
             r.latency_ms.append(lat)
             r.decision_us.append(((t1 - t0) + (t3 - t2)) * 1e6)

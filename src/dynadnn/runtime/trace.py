@@ -25,8 +25,11 @@ class Trace:
     events: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
+    dropped: dict[str, list] = field(default_factory=lambda: {"t": [], "phase": []})  # frames never served
+
     @classmethod
-    def from_run(cls, manager, runner, correct: list[bool], fps: float) -> "Trace":
+    def from_run(cls, manager, runner, correct: list[bool], fps: float, dropped=()) -> "Trace":
+        """`dropped`: release times (`time.perf_counter`) of the frames the stream skipped while busy."""
         t_start = runner.t_start
         r = manager.records
         n = min(len(r), len(correct))
@@ -45,8 +48,9 @@ class Trace:
             if e["t"] >= t_start - 1.0 and e["kind"] != "profiled":
                 events.append({**e, "t": round(e["t"] - t_start, 6)})
         desc = manager.describe()
+        drops = {"t": [round(v - t_start, 6) for v in dropped], "phase": [runner.phase_at(v) for v in dropped]}
         return cls(policy=manager.policy.name, fps=fps, options=desc["options"], phases=runner.describe()["phases"],
-                   frames=cols, events=events,
+                   frames=cols, events=events, dropped=drops,
                    meta={"targets": desc["targets"], "members": desc["members"], "origin": desc["origin"],
                          "policy": desc["policy"], "scenario": runner.scenario.name, "duration_s": runner.duration_s,
                          "platform": desc["platform"]})
@@ -59,18 +63,26 @@ class Trace:
         top = np.asarray([o["top1"] for o in self.options])
         return top[self.column("option")] if len(self.frames["option"]) else np.zeros(0)
 
+    def n_dropped(self, phase: int | None = None) -> int:
+        ph = self.dropped.get("phase", [])
+        return len(ph) if phase is None else sum(1 for p in ph if p == phase)
+
     def summary(self, phase: int | None = None) -> dict[str, Any]:
+        """`on_time`: the frames served by their deadline over all frames released (served + `dropped`);
+        `mean_top1` and the latency percentiles: over the frames served."""
         lat, dl = self.column("latency_ms"), self.column("deadline_ms")
         opt = self.column("option")
         sel = np.ones(len(lat), bool) if phase is None else self.column("phase") == phase
         if not sel.any():
-            return {"frames": 0}
+            return {"frames": 0, "dropped": self.n_dropped(phase)}
         met = lat[sel] <= dl[sel]
+        dropped = self.n_dropped(phase)
         sw = int(np.count_nonzero(opt[1:] != opt[:-1])) if phase is None else \
             int(np.count_nonzero((opt[1:] != opt[:-1]) & sel[1:]))
         dec = self.column("decision_us")[sel]  # wall time of the manager's own spans (monitors + policy)
         cpu = self.column("decision_cpu_us")[sel] if "decision_cpu_us" in self.frames else None
-        return {"frames": int(sel.sum()), "on_time": float(met.mean()), "mean_top1": float(self.top1_per_frame()[sel].mean()),
+        return {"frames": int(sel.sum()), "dropped": dropped, "on_time": float(met.sum() / (len(met) + dropped)),
+                "mean_top1": float(self.top1_per_frame()[sel].mean()),
                 "p50_ms": float(np.percentile(lat[sel], 50)), "p95_ms": float(np.percentile(lat[sel], 95)),
                 "p99_ms": float(np.percentile(lat[sel], 99)), "switches": sw,
                 "accuracy_measured": float(np.mean(self.column("correct")[sel])) * 100.0,
@@ -83,7 +95,7 @@ class Trace:
                 "options": self.options, "phases": self.phases,
                 "summary": self.summary(),
                 "phase_summary": [self.summary(p["index"]) | {"name": p["name"]} for p in self.phases],
-                "frames": self.frames, "events": self.events}
+                "frames": self.frames, "dropped": self.dropped, "events": self.events}
 
     # --- files -------------------------------------------------------------------------------------
     def write(self, out_dir: str | Path, name: str = "trace") -> tuple[Path, Path]:
@@ -133,6 +145,8 @@ def plot_traces(traces: list[Trace], path: str | Path) -> Path:
         ax.set_ylabel("latency (ms)")
         top = max(float(np.percentile(lat, 99.5)) if len(lat) else 1.0, float(dl.max()) if len(dl) else 1.0) * 1.3
         ax.set_ylim(0, top)
+        if tr.dropped["t"]:  # frames never served: marked along the top
+            ax.scatter(tr.dropped["t"], [top * 0.97] * len(tr.dropped["t"]), marker="|", s=8, color="crimson", lw=0.5)
         ax.set_title(f"{tr.policy}: on time {s.get('on_time', 0):.3f}, mean top-1 {s.get('mean_top1', 0):.2f} %, "
                      f"p95 {s.get('p95_ms', 0):.2f} ms, {s.get('switches', 0)} switches", fontsize=9, loc="left")
         fig.colorbar(sc, ax=ax, pad=0.01, label="member")
