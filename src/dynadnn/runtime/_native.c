@@ -203,7 +203,7 @@ typedef struct {
     double last_switch_t, up_since, slack_since, probe_wait;
     /* prepared at the last switch / target change */
     PyObject *tg;
-    int hold_k;
+    int hold_k, late_run; /* late_run: the current option's latest frames in a row over the deadline */
     double hold_until, deadline, budget, up_budget, p50_cur, late_ratio;
     double better_min[MAX_CTX];
     unsigned char has_better[MAX_CTX];
@@ -231,6 +231,7 @@ static int prepare(CoreObject *s, PyObject *targets) {
     }
     double deadline = s->deadline;
     s->hold_k = 0;
+    s->late_run = 0;
     s->hold_until = -1e18;
     s->budget = deadline / (1.0 + s->margin);
     s->up_budget = deadline / (1.0 + s->margin + s->up_hyst);
@@ -340,14 +341,18 @@ static int count_above(const SortedWindow *w, double x) {
     return w->count - lo;
 }
 
-/* is an option of median p50 predicted over `limit` ms on fewer than allow[n] of the n window ratios? */
-static int fits(CoreObject *s, double m, double e, double f, int src, double p50, double limit, const int *allow) {
-    if (src < 0) return (p50 * m + e) * f <= limit;
+/* how many of window src's ratios predict an option of median p50 over `limit` ms (src >= 0) */
+static int misses(CoreObject *s, double m, double f, int src, double p50, double limit) {
     double lim = f > 0.0 ? limit / f : INFINITY;
     double ref = s->ref_p50[src];
     if (ref <= 0.0) ref = 1.0;
-    const SortedWindow *w = &s->win[src];
-    return count_above(w, m + (lim - p50 * m) / ref) < allow[w->count];
+    return count_above(&s->win[src], m + (lim - p50 * m) / ref);
+}
+
+/* is an option of median p50 predicted over `limit` ms on fewer than allow[n] of the n window ratios? */
+static int fits(CoreObject *s, double m, double e, double f, int src, double p50, double limit, const int *allow) {
+    if (src < 0) return (p50 * m + e) * f <= limit;
+    return misses(s, m, f, src, p50, limit) < allow[s->win[src].count];
 }
 
 static int first_fitting(CoreObject *s, const Models *md, double limit, const int *allow, int upto) {
@@ -374,7 +379,19 @@ static int go_down(CoreObject *s, double t, int late, PyObject *system) {
     int choice;
     if (r >= 0) {
         choice = s->order[r];
-    } else { /* nothing fits: the option predicted fastest */
+    } else if (md.src[s->active] >= 0 && s->late_run < s->down_k[s->win[s->active].count]) {
+        /* nothing fits, the misses are scattered: the fewest predicted misses, if it halves ours */
+        choice = s->current;
+        int best = late / 2 + 1;
+        for (int q = 0; q < s->n_opt; q++) {
+            int c = s->ctx_by_rank[q];
+            int k = misses(s, m[c], f[c], md.src[c], s->p50_by_rank[q], s->deadline);
+            if (k < best) {
+                best = k;
+                choice = s->order[q];
+            }
+        }
+    } else { /* no window yet, or a sustained slowdown: the option predicted fastest */
         choice = 0;
         double best = 0.0;
         for (int i = 0; i < s->n_opt; i++) {
@@ -443,6 +460,7 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
     window_push(w, s->wsize, lat * s->inv_p50[option]);
     s->ref_p50[c] = s->p50[option];
     s->last_seen[c] = t;
+    s->late_run = lat > s->deadline ? s->late_run + 1 : 0;
     if (s->probing && lat > s->deadline) { /* a probe that misses: back off, go down at once */
         s->probing = 0;
         s->probe_wait *= 2.0;

@@ -197,11 +197,16 @@ class FeedbackPolicy(Policy):
         m, e, f, w, ref = model
         if w is None:
             return (p50 * m + e) * f <= limit
+        return FeedbackPolicy._misses(model, p50, limit) < allow[w.count]
+
+    @staticmethod
+    def _misses(model: Model, p50: float, limit: float) -> int:
+        """How many of the window's ratios predict an option of median `p50` over `limit` ms (a window is there)."""
+        m, e, f, w, ref = model
         lim = limit / f if f > 0.0 else INF
         if ref <= 0.0:
             ref = 1.0
-        n = w.count
-        return n - bisect_right(w.ordered, m + (lim - p50 * m) / ref) < allow[n]
+        return w.count - bisect_right(w.ordered, m + (lim - p50 * m) / ref)
 
     def _penalty(self, th: int, system: SystemSample | None) -> float:
         if th <= 1:
@@ -229,6 +234,7 @@ class FeedbackPolicy(Policy):
         the per-inference path is a few comparisons."""
         self._tg = targets
         self._hold_k, self._hold_until = 0, -1e18
+        self._late_run = 0  # the current option's latest frames in a row over the deadline
         deadline = targets.effective_deadline_ms()
         self._deadline = deadline
         self._budget = deadline / (1.0 + self.margin)
@@ -254,6 +260,7 @@ class FeedbackPolicy(Policy):
         if targets is not self._tg or option != self.current:
             self.current = option  # (the manager ran something else: a fall-back)
             self._prepare(targets)
+        self._late_run = self._late_run + 1 if latency_ms > self._deadline else 0
         if self.probing and latency_ms > self._deadline:  # a probe that misses: back off, go down at once
             self.probing = False
             self.probe_wait *= 2.0
@@ -315,10 +322,25 @@ class FeedbackPolicy(Policy):
         return False
 
     def _go_down(self, t: float, late: int, system: SystemSample | None) -> int:
+        """The most accurate option predicted within the budget. If none is: under a sustained slowdown (the
+        latest frames in a row are a breach by themselves) the option predicted fastest; under scattered misses,
+        the one predicted to miss least (the most accurate of those), and only if it at least halves the
+        current option's misses: accuracy is traded only for a real gain (a preemption delay of a few ms
+        late-frames a sub-millisecond member and its smaller siblings alike)."""
         models = self.models(t, system)
         r = self._first_fitting(models, self._budget, self._down_k, len(self.order))
-        choice = self.order[r] if r >= 0 else min(range(len(self.options)),
-                                                 key=lambda i: self.predicted_p95(i, models))
+        if r >= 0:
+            choice = self.order[r]
+        elif models[self._active][3] is None or self._late_run >= self._down_k[self.ratios[self._active].count]:
+            # no window yet, or a sustained slowdown (the latest frames in a row are a breach by themselves):
+            # the option predicted fastest
+            choice = min(range(len(self.options)), key=lambda i: self.predicted_p95(i, models))
+        else:  # scattered misses
+            choice, best = self.current, late // 2 + 1
+            for r in range(len(self.order)):
+                k = self._misses(models[self._thr[r]], self._p50[r], self._deadline)
+                if k < best:
+                    choice, best = self.order[r], k
         if choice != self.current:
             return self._switch(choice, t, self._tg)
         # already on the best we have: search again only after one more miss or after 0.1 s
