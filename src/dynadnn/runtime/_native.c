@@ -197,6 +197,7 @@ typedef struct {
     int *down_k, *up_k; /* per window count 0..wsize: miss_allowances (policies/feedback.py) */
     int ctx_threads[MAX_CTX];
     double idle_tail[MAX_CTX], ref_p50[MAX_CTX], last_seen[MAX_CTX];
+    int win_opt[MAX_CTX]; /* the option whose ratios a context's window holds (-1: none yet) */
     SortedWindow win[MAX_CTX];
     /* control state */
     int current, probing, active;
@@ -457,6 +458,10 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
         if (prepare(s, targets) < 0) return -1;
     }
     SortedWindow *w = &s->win[c];
+    if (s->win_opt[c] != option) { /* a window holds one option's ratios: waits do not scale with p50 */
+        w->count = w->pos = 0;
+        s->win_opt[c] = option;
+    }
     window_push(w, s->wsize, lat * s->inv_p50[option]);
     s->ref_p50[c] = s->p50[option];
     s->last_seen[c] = t;
@@ -715,6 +720,8 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
     for (int c = 0; c < s->n_ctx; c++) {
         s->ref_p50[c] = 1.0;
         s->last_seen[c] = -1e18;
+        s->win_opt[c] = -1;
+        s->win[c].count = s->win[c].pos = 0;
     }
     s->last_switch_t = -1e18;
     s->up_since = s->slack_since = NONE_T;

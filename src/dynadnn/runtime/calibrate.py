@@ -182,8 +182,9 @@ def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: f
     """The deadline of a run with `--deadline-ms auto`, from the latencies measured under the scenario's own
     loads at its pacing. The floor: `headroom` x the fastest member's (best option's) p99.5 under its worst
     load, so the fastest can meet it, and `idle_headroom` x the static most-accurate option's p95 as
-    profiled and as measured idle at the stream's pacing (a deadline the most accurate member misses even
-    alone is a different, degenerate problem; between paced frames the idle vCPU slows down).
+    profiled and its `static_on_time` quantile (p99) as measured idle at the stream's pacing, dropped frames
+    aside (a deadline the most accurate member misses even alone is a different, degenerate problem;
+    between paced frames the idle vCPU slows down).
 
     When the static option is on time for `static_on_time` of frames under every load at a deadline within
     `tail_slack` x the floor, the scenario does not bite (`bites` False: static suffices) and the deadline
@@ -200,10 +201,10 @@ def calibrate_deadline(manager: RuntimeManager, cal: Calibration, static_miss: f
     heavy = max(loads, key=lambda k: _q(cal.latencies[k][s_opt], 1.0 - static_miss))
     worst = {i: max(_q_served(cal.latencies[k][i], fastest_on_time) for k in _loads_with(cal, i)) for i in cands}
     f_opt = min(cands, key=lambda i: worst[i])
-    idle_p95 = opts[s_opt].p95_ms  # back to back at load ...
+    idle_tail = opts[s_opt].p95_ms  # back to back at load ...
     if cal.idle is not None and len(cal.latencies[cal.idle][s_opt]):  # ... and at the stream's pacing, idle
-        idle_p95 = max(idle_p95, _q(cal.latencies[cal.idle][s_opt], 0.95))
-    floor = max(worst[f_opt] * headroom, idle_p95 * idle_headroom)
+        idle_tail = max(idle_tail, _q_served(cal.latencies[cal.idle][s_opt], static_on_time))
+    floor = max(worst[f_opt] * headroom, idle_tail * idle_headroom)
     static_ok = max(_q(cal.latencies[k][s_opt], static_on_time) for k in loads)  # on time that often everywhere
     if static_ok <= tail_slack * floor:
         wanted = max(static_ok, floor)

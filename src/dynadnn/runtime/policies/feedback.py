@@ -130,6 +130,7 @@ class FeedbackPolicy(Policy):
         self.rank = {opt: r for r, opt in enumerate(self.order)}  # 0 = most accurate
         self.threads = sorted({o.threads for o in self.options})
         self.ratios = {t: SortedWindow(self.window) for t in self.threads}
+        self.win_opt = {t: -1 for t in self.threads}  # the option whose ratios a context's window holds
         self.last_seen = {t: -1e18 for t in self.threads}
         self.ref_p50 = {t: 1.0 for t in self.threads}  # p50 of the option whose ratios the window holds
         self.idle_tail = {}
@@ -254,6 +255,9 @@ class FeedbackPolicy(Policy):
              system: SystemSample | None = None) -> int:
         th = self._thr_of[option]
         w = self.ratios[th]
+        if self.win_opt[th] != option:  # a window holds one option's ratios: waits do not scale with p50
+            w.clear()
+            self.win_opt[th] = option
         w.push(latency_ms * self._inv_p50[option])
         self.ref_p50[th] = self.options[option].p50_ms
         self.last_seen[th] = t
