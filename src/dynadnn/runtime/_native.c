@@ -191,6 +191,7 @@ typedef struct {
     PyObject_HEAD
     int n_opt, n_ctx, wsize, min_samples;
     double miss_budget, miss_conf, margin, up_hyst, stale_s, dwell_s, min_dwell_s, probe_s, probe_slack, sync_penalty;
+    double up_fail_s, up_wait_max_s;
     /* per option (index), per rank (accuracy order), per context */
     double *p50, *inv_p50, *p50_by_rank;
     int *ctx_of, *order, *rank, *ctx_by_rank;
@@ -202,6 +203,7 @@ typedef struct {
     /* control state */
     int current, probing, active;
     double last_switch_t, up_since, slack_since, probe_wait;
+    double up_wait, last_up_t; /* the dwell an upward move needs now (doubles after a reversed one), when the last was */
     /* prepared at the last switch / target change */
     PyObject *tg;
     int hold_k, late_run; /* late_run: the current option's latest frames in a row over the deadline */
@@ -404,7 +406,10 @@ static int go_down(CoreObject *s, double t, int late, PyObject *system) {
             }
         }
     }
-    if (choice != s->current) return do_switch(s, choice, t, s->tg);
+    if (choice != s->current) { /* down: right after an upward move, that move failed: the next waits twice as long */
+        s->up_wait = t - s->last_up_t <= s->up_fail_s ? fmin(2.0 * s->up_wait, s->up_wait_max_s) : s->dwell_s;
+        return do_switch(s, choice, t, s->tg);
+    }
     s->hold_k = late; /* already on the best we have: search again after one more miss or after 0.1 s */
     s->hold_until = t + 0.1;
     return s->current;
@@ -458,8 +463,15 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
         if (prepare(s, targets) < 0) return -1;
     }
     SortedWindow *w = &s->win[c];
-    if (s->win_opt[c] != option) { /* a window holds one option's ratios: waits do not scale with p50 */
-        w->count = w->pos = 0;
+    if (s->win_opt[c] != option) { /* another option: the window's ratios re-expressed in its terms */
+        int prev = s->win_opt[c];
+        if (prev >= 0 && w->count > 0 && s->p50[option] > 0.0) {
+            double m = w->ordered[w->count / 2], k = s->p50[prev] / s->p50[option];
+            for (int i = 0; i < w->count; i++) { /* the first `count` ring slots are the valid ones */
+                w->values[i] = m + (w->values[i] - m) * k;
+                w->ordered[i] = m + (w->ordered[i] - m) * k;
+            }
+        }
         s->win_opt[c] = option;
     }
     window_push(w, s->wsize, lat * s->inv_p50[option]);
@@ -491,12 +503,13 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
     if (up < 0) return -1;
     if (up) { /* upward: a more accurate option fits -> after a dwell */
         if (s->up_since == NONE_T) s->up_since = t;
-        if (t - s->up_since >= s->dwell_s && t - s->last_switch_t >= s->min_dwell_s) {
+        if (t - s->up_since >= s->up_wait && t - s->last_switch_t >= s->min_dwell_s) {
             Models md;
             if (models(s, t, system, &md) < 0) return -1;
             int r = first_fitting(s, &md, s->up_budget, s->up_k, s->rank[s->current]);
             if (r >= 0) {
                 s->probe_wait = s->probe_s;
+                s->last_up_t = t;
                 return do_switch(s, s->order[r], t, targets);
             }
         }
@@ -614,6 +627,7 @@ static const ParamField PARAMS[] = {
     {"stale_s", 'd', offsetof(CoreObject, stale_s)},         {"dwell_s", 'd', offsetof(CoreObject, dwell_s)},
     {"min_dwell_s", 'd', offsetof(CoreObject, min_dwell_s)}, {"probe_s", 'd', offsetof(CoreObject, probe_s)},
     {"probe_slack", 'd', offsetof(CoreObject, probe_slack)}, {"sync_penalty", 'd', offsetof(CoreObject, sync_penalty)},
+    {"up_fail_s", 'd', offsetof(CoreObject, up_fail_s)},     {"up_wait_max_s", 'd', offsetof(CoreObject, up_wait_max_s)},
     {NULL, 0, 0}};
 
 /* every field of PARAMS from the record's attributes into the struct; validation only, no defaults */
@@ -727,6 +741,8 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
     s->up_since = s->slack_since = NONE_T;
     Py_CLEAR(s->sample_seen);
     s->probe_wait = s->probe_s;
+    s->up_wait = s->dwell_s;
+    s->last_up_t = -1e18;
     s->probing = 0;
     s->current = current;
     return prepare(s, targets);
@@ -764,6 +780,7 @@ static PyMethodDef core_methods[] = {
 static PyMemberDef core_members[] = {
     {"current", T_INT, offsetof(CoreObject, current), READONLY, NULL},
     {"probe_wait", T_DOUBLE, offsetof(CoreObject, probe_wait), READONLY, NULL},
+    {"up_wait", T_DOUBLE, offsetof(CoreObject, up_wait), READONLY, NULL},
     {"last_switch_t", T_DOUBLE, offsetof(CoreObject, last_switch_t), READONLY, NULL},
     {"deadline", T_DOUBLE, offsetof(CoreObject, deadline), READONLY, NULL},
     {NULL}};

@@ -11,7 +11,9 @@ on an option of median `ref`, predicts for option `o`
     latency(o) = p50(o) x m + (r - m) x ref,   m = median ratio          [ms]
 
 which is exactly the measured latency for the option running now, scales the body of the distribution for
-the others and carries the same absolute tail. An option's predicted miss count at a limit is the number
+the others and carries the same absolute tail. When another option starts running in a context, its window
+is re-expressed in that option's terms by the same model (`_rebase`), so its own misses are counted in ms
+it would actually wait. An option's predicted miss count at a limit is the number
 of window ratios whose prediction exceeds it (one bisect of the sorted window). A context we have not run
 recently borrows the active context's window, times `sync_penalty` when its threads exceed the CPUs the
 system monitor says are free (a parallel op waits for its slowest thread: 2 threads beside one busy
@@ -27,7 +29,10 @@ The rule (budget q = `miss_budget`, the fraction of frames allowed late). With n
 - up: a more accurate option predicted within the budget with hysteresis, under k_down(n) - 1 misses (at
   least one miss short of a breach; none before the window holds a breach's worth) at the tighter deadline
   / (1 + `margin` + `up_hysteresis`), for `dwell_s` continuously and at least `min_dwell_s` after the last
-  switch; so a noisy window cannot make it oscillate;
+  switch; so a noisy window cannot make it oscillate. A waiting time does not scale with a member's
+  median the way the model assumes (a queue forms once a member's duty cycle exceeds the CPU share the app
+  gets), so an upward move can fail: a step down within `up_fail_s` of it doubles the dwell the next upward
+  move needs (up to `up_wait_max_s`); any other step down resets it to `dwell_s`;
 - probe: when slack persists for `probe_s` (current p95 below `probe_slack` x deadline) but the model still
   forbids going up, it probes one step up; a probe that misses backs off the next probe twice as long.
 
@@ -91,6 +96,8 @@ class FeedbackParams:
     probe_s: float = 1.5         # persistent slack this long (doubling after a missed probe): probe up
     probe_slack: float = 0.5     # slack = current p95 below probe_slack x deadline
     sync_penalty: float = 3.0    # a context with more threads than free CPUs: its prediction x this
+    up_fail_s: float = 1.0       # a step down this soon after an upward move: that move failed, and ...
+    up_wait_max_s: float = 8.0   # ... the next one waits twice as long (dwell_s doubling up to this)
 
     def __post_init__(self) -> None:
         """The ranges the C core accepts (`_native.c` read_params: integers 1..INT_MAX, 0 <= miss_budget < 1,
@@ -146,6 +153,8 @@ class FeedbackPolicy(Policy):
         self.up_since: float | None = None
         self.slack_since: float | None = None
         self.probe_wait = self.probe_s
+        self.up_wait = self.dwell_s
+        self.last_up_t = -1e18
         self.probing = False
         self.current = self.initial(targets) if start is None else start
         self._prepare(targets)
@@ -209,6 +218,20 @@ class FeedbackPolicy(Policy):
             ref = 1.0
         return w.count - bisect_right(w.ordered, m + (lim - p50 * m) / ref)
 
+    def _rebase(self, w: SortedWindow, prev: int, option: int) -> None:
+        """Ratios measured on option `prev`, re-expressed for `option` by the model (the median scales, the
+        excess over it is the same in ms): r -> m + (r - m) x p50(prev) / p50(option), monotone, so the
+        window stays sorted. Predictions for every option are unchanged by it; what changes is that the
+        current option's misses (`late`) are counted in its own terms: a wait that made a small member
+        late is not taken, multiplied by the larger member's median, for a miss of the larger one."""
+        p_new = self.options[option].p50_ms
+        if prev < 0 or not w.count or p_new <= 0.0:
+            return
+        m, k = w.ordered[w.count // 2], self.options[prev].p50_ms / p_new
+        n = w.count
+        w.values[:n] = [m + (v - m) * k for v in w.values[:n]]  # the first `count` ring slots are the valid ones
+        w.ordered[:] = [m + (v - m) * k for v in w.ordered]
+
     def _penalty(self, th: int, system: SystemSample | None) -> float:
         if th <= 1:
             return 1.0
@@ -255,8 +278,8 @@ class FeedbackPolicy(Policy):
              system: SystemSample | None = None) -> int:
         th = self._thr_of[option]
         w = self.ratios[th]
-        if self.win_opt[th] != option:  # a window holds one option's ratios: waits do not scale with p50
-            w.clear()
+        if self.win_opt[th] != option:  # another option: the window's ratios re-expressed in its terms
+            self._rebase(w, self.win_opt[th], option)
             self.win_opt[th] = option
         w.push(latency_ms * self._inv_p50[option])
         self.ref_p50[th] = self.options[option].p50_ms
@@ -289,10 +312,11 @@ class FeedbackPolicy(Policy):
         if self._up_fits(th, model, t, system):  # upward: a more accurate option fits -> after a dwell
             if self.up_since is None:
                 self.up_since = t
-            if t - self.up_since >= self.dwell_s and t - self.last_switch_t >= self.min_dwell_s:
+            if t - self.up_since >= self.up_wait and t - self.last_switch_t >= self.min_dwell_s:
                 r = self._first_fitting(self.models(t, system), self._up_budget, self._up_k, self.rank[self.current])
                 if r >= 0:
                     self.probe_wait = self.probe_s
+                    self.last_up_t = t
                     return self._switch(self.order[r], t, targets)
             return self.current
         self.up_since = None
@@ -345,7 +369,9 @@ class FeedbackPolicy(Policy):
                 k = self._misses(models[self._thr[r]], self._p50[r], self._deadline)
                 if k < best:
                     choice, best = self.order[r], k
-        if choice != self.current:
+        if choice != self.current:  # right after an upward move, that move failed: the next waits twice as long
+            self.up_wait = min(2.0 * self.up_wait, self.up_wait_max_s) if t - self.last_up_t <= self.up_fail_s \
+                else self.dwell_s
             return self._switch(choice, t, self._tg)
         # already on the best we have: search again only after one more miss or after 0.1 s
         self._hold_k, self._hold_until = late, t + 0.1
@@ -393,6 +419,7 @@ class NativeFeedbackPolicy(FeedbackPolicy):
     implementation = "native"
     current = _state("current")
     probe_wait = _state("probe_wait")
+    up_wait = _state("up_wait")
     probing = _state("probing")
 
     def __init__(self, params: FeedbackParams | None = None, **changes):
