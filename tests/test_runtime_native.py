@@ -168,8 +168,8 @@ def test_the_core_reads_every_field_of_the_parameter_record():
 
 # a change per field that alters the decisions on seed 2's stream (three thread counts): found by trying
 CHANGES = dict(miss_budget=0.1, miss_confidence=0.5, margin=0.3, up_hysteresis=0.3, window=10, min_samples=40, stale_s=0.1, dwell_s=1.0, min_dwell_s=1.0,
-               probe_s=0.3, probe_slack=0.9, sync_penalty=1.0, up_fail_s=10.0, up_wait_max_s=0.3)
-BASES = dict(probe_s=dict(probe_slack=0.9), up_wait_max_s=dict(up_fail_s=10.0))  # the miss-count rule never probes on this stream at the default slack
+               probe_s=0.3, probe_slack=0.9, sync_penalty=1.0, up_fail_s=10.0, backoff_max_s=0.3, down_block_s=30.0)
+BASES = dict(probe_s=dict(probe_slack=0.9), backoff_max_s=dict(up_fail_s=10.0), down_block_s=dict(window=8, min_samples=4))  # the miss-count rule never probes on this stream at the default slack
 
 
 def test_every_parameter_has_a_change_to_try():

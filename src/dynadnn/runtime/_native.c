@@ -156,6 +156,8 @@ static PyTypeObject MonitorType = {
 /* ---------------------------------------------------------------------------------------------------- */
 /* FeedbackCore                                                                                        */
 
+#define VERIFY_WINDOWS 3 /* as feedback.VERIFY_WINDOWS: a step down is judged on this many windows of frames */
+
 typedef struct {
     double *values, *ordered;
     int pos, count;
@@ -191,7 +193,7 @@ typedef struct {
     PyObject_HEAD
     int n_opt, n_ctx, wsize, min_samples;
     double miss_budget, miss_conf, margin, up_hyst, stale_s, dwell_s, min_dwell_s, probe_s, probe_slack, sync_penalty;
-    double up_fail_s, up_wait_max_s;
+    double up_fail_s, backoff_max_s, down_block_s;
     /* per option (index), per rank (accuracy order), per context */
     double *p50, *inv_p50, *p50_by_rank;
     int *ctx_of, *order, *rank, *ctx_by_rank;
@@ -204,6 +206,8 @@ typedef struct {
     int current, probing, active;
     double last_switch_t, up_since, slack_since, probe_wait;
     double up_wait, last_up_t; /* the dwell an upward move needs now (doubles after a reversed one), when the last was */
+    int verify_opt, since, since_late; /* the option a step down left (-1: none); frames since the last switch, late ones */
+    double verify_rate, block_until, down_block; /* its misses per frame then; steps down held until; next hold */
     /* prepared at the last switch / target change */
     PyObject *tg;
     int hold_k, late_run; /* late_run: the current option's latest frames in a row over the deadline */
@@ -235,6 +239,7 @@ static int prepare(CoreObject *s, PyObject *targets) {
     double deadline = s->deadline;
     s->hold_k = 0;
     s->late_run = 0;
+    s->since = s->since_late = 0;
     s->hold_until = -1e18;
     s->budget = deadline / (1.0 + s->margin);
     s->up_budget = deadline / (1.0 + s->margin + s->up_hyst);
@@ -375,6 +380,12 @@ static int do_switch(CoreObject *s, int option, double t, PyObject *targets) {
 }
 
 static int go_down(CoreObject *s, double t, int late, PyObject *system) {
+    int n = s->win[s->active].count;
+    if (t < s->block_until && s->late_run < s->down_k[n]) { /* a step down just failed: hold */
+        s->hold_k = late;
+        s->hold_until = t + 0.1;
+        return s->current;
+    }
     Models md;
     if (models(s, t, system, &md) < 0) return -1;
     const double *m = md.m, *e = md.e, *f = md.f;
@@ -382,7 +393,7 @@ static int go_down(CoreObject *s, double t, int late, PyObject *system) {
     int choice;
     if (r >= 0) {
         choice = s->order[r];
-    } else if (md.src[s->active] >= 0 && s->late_run < s->down_k[s->win[s->active].count]) {
+    } else if (md.src[s->active] >= 0 && s->late_run < s->down_k[n]) {
         /* nothing fits, the misses are scattered: the fewest predicted misses, if it halves ours */
         choice = s->current;
         int best = late / 2 + 1;
@@ -407,7 +418,12 @@ static int go_down(CoreObject *s, double t, int late, PyObject *system) {
         }
     }
     if (choice != s->current) { /* down: right after an upward move, that move failed: the next waits twice as long */
-        s->up_wait = t - s->last_up_t <= s->up_fail_s ? fmin(2.0 * s->up_wait, s->up_wait_max_s) : s->dwell_s;
+        s->up_wait = t - s->last_up_t <= s->up_fail_s ? fmin(2.0 * s->up_wait, s->backoff_max_s) : s->dwell_s;
+        /* measured misses (a window): verify the step; from the idle profile there is nothing to compare with */
+        if (s->verify_opt < 0) { /* against the option the first step of a cascade left */
+            s->verify_opt = n >= s->min_samples ? s->current : -1;
+            s->verify_rate = n >= s->min_samples ? (double)late / n : 0.0;
+        }
         return do_switch(s, choice, t, s->tg);
     }
     s->hold_k = late; /* already on the best we have: search again after one more miss or after 0.1 s */
@@ -447,6 +463,7 @@ static int probe(CoreObject *s, double t, double pred, PyObject *targets, PyObje
             int cn = s->ctx_of[nxt];
             if ((s->p50[nxt] * md.m[cn] + md.e[cn]) * md.f[cn] <= s->deadline) {
                 s->probing = 1;
+                s->verify_opt = -1;
                 return do_switch(s, nxt, t, targets);
             }
         }
@@ -494,6 +511,18 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
         pred = s->idle_tail[c] * p50c;
         down = pred > s->budget;
     }
+    s->since++;
+    s->since_late += lat > s->deadline;
+    if (s->verify_opt >= 0 && s->since >= VERIFY_WINDOWS * s->wsize) { /* a step down shows its gain */
+        int prev = s->verify_opt;
+        s->verify_opt = -1;
+        if (2 * s->since_late >= s->verify_rate * s->since) { /* not half as many misses: no real gain */
+            s->block_until = t + s->down_block;
+            s->down_block = fmin(2.0 * s->down_block, s->backoff_max_s);
+            return do_switch(s, prev, t, targets);
+        }
+        s->down_block = s->down_block_s;
+    }
     if (down) {
         if (late > s->hold_k || t >= s->hold_until) return go_down(s, t, late, system);
         return s->current;
@@ -510,6 +539,7 @@ static int step(CoreObject *s, double t, double lat, int option, PyObject *targe
             if (r >= 0) {
                 s->probe_wait = s->probe_s;
                 s->last_up_t = t;
+                s->verify_opt = -1;
                 return do_switch(s, s->order[r], t, targets);
             }
         }
@@ -627,7 +657,8 @@ static const ParamField PARAMS[] = {
     {"stale_s", 'd', offsetof(CoreObject, stale_s)},         {"dwell_s", 'd', offsetof(CoreObject, dwell_s)},
     {"min_dwell_s", 'd', offsetof(CoreObject, min_dwell_s)}, {"probe_s", 'd', offsetof(CoreObject, probe_s)},
     {"probe_slack", 'd', offsetof(CoreObject, probe_slack)}, {"sync_penalty", 'd', offsetof(CoreObject, sync_penalty)},
-    {"up_fail_s", 'd', offsetof(CoreObject, up_fail_s)},     {"up_wait_max_s", 'd', offsetof(CoreObject, up_wait_max_s)},
+    {"up_fail_s", 'd', offsetof(CoreObject, up_fail_s)},     {"backoff_max_s", 'd', offsetof(CoreObject, backoff_max_s)},
+    {"down_block_s", 'd', offsetof(CoreObject, down_block_s)},
     {NULL, 0, 0}};
 
 /* every field of PARAMS from the record's attributes into the struct; validation only, no defaults */
@@ -743,6 +774,10 @@ static int core_init(CoreObject *s, PyObject *args, PyObject *kw) {
     s->probe_wait = s->probe_s;
     s->up_wait = s->dwell_s;
     s->last_up_t = -1e18;
+    s->verify_opt = -1;
+    s->verify_rate = 0.0;
+    s->block_until = -1e18;
+    s->down_block = s->down_block_s;
     s->probing = 0;
     s->current = current;
     return prepare(s, targets);

@@ -32,7 +32,11 @@ The rule (budget q = `miss_budget`, the fraction of frames allowed late). With n
   switch; so a noisy window cannot make it oscillate. A waiting time does not scale with a member's
   median the way the model assumes (a queue forms once a member's duty cycle exceeds the CPU share the app
   gets), so an upward move can fail: a step down within `up_fail_s` of it doubles the dwell the next upward
-  move needs (up to `up_wait_max_s`); any other step down resets it to `dwell_s`;
+  move needs (up to `backoff_max_s`); any other step down resets it to `dwell_s`;
+- verify: a step down must show its gain. After 3 x `window` frames on the new option, if it missed more than
+  half as often per frame as the option it left did when it left (the first of a cascade of steps down), the
+  steps are undone (back to that more accurate option) and steps down not forced by a sustained run of misses wait `down_block_s` (doubling
+  up to `backoff_max_s` while steps keep failing); a step that shows its gain resets that;
 - probe: when slack persists for `probe_s` (current p95 below `probe_slack` x deadline) but the model still
   forbids going up, it probes one step up; a probe that misses backs off the next probe twice as long.
 
@@ -55,6 +59,7 @@ from .base import Policy
 Model = tuple  # (m, e_ms, factor, window or None, ref_p50) per context
 INF = float("inf")
 INT_MAX = 2**31 - 1  # the C core keeps the integer fields in a C int
+VERIFY_WINDOWS = 3  # a step down is judged on this many windows' worth of frames (fewer: a coin flip at a few %)
 
 
 def miss_allowances(n_max: int, q: float, confidence: float) -> tuple[list[int], list[int]]:
@@ -97,7 +102,8 @@ class FeedbackParams:
     probe_slack: float = 0.5     # slack = current p95 below probe_slack x deadline
     sync_penalty: float = 3.0    # a context with more threads than free CPUs: its prediction x this
     up_fail_s: float = 1.0       # a step down this soon after an upward move: that move failed, and ...
-    up_wait_max_s: float = 8.0   # ... the next one waits twice as long (dwell_s doubling up to this)
+    backoff_max_s: float = 8.0   # ... the next one waits twice as long (dwell_s doubling up to this)
+    down_block_s: float = 2.0    # a step down that shows no gain is undone, and steps down wait this long (doubling)
 
     def __post_init__(self) -> None:
         """The ranges the C core accepts (`_native.c` read_params: integers 1..INT_MAX, 0 <= miss_budget < 1,
@@ -155,6 +161,8 @@ class FeedbackPolicy(Policy):
         self.probe_wait = self.probe_s
         self.up_wait = self.dwell_s
         self.last_up_t = -1e18
+        self.verify_opt, self.verify_rate = -1, 0.0  # the option a step down left, its misses per frame then
+        self.block_until, self.down_block = -1e18, self.down_block_s
         self.probing = False
         self.current = self.initial(targets) if start is None else start
         self._prepare(targets)
@@ -259,6 +267,7 @@ class FeedbackPolicy(Policy):
         self._tg = targets
         self._hold_k, self._hold_until = 0, -1e18
         self._late_run = 0  # the current option's latest frames in a row over the deadline
+        self._since = self._since_late = 0  # frames since the last switch (or target change), and those late
         deadline = targets.effective_deadline_ms()
         self._deadline = deadline
         self._budget = deadline / (1.0 + self.margin)
@@ -303,6 +312,15 @@ class FeedbackPolicy(Policy):
             pred = self.idle_tail[th] * p50c
             late = 0
             down = pred > self._budget
+        self._since += 1
+        self._since_late += latency_ms > self._deadline
+        if self.verify_opt >= 0 and self._since >= VERIFY_WINDOWS * self.window:  # a step down shows its gain
+            prev, self.verify_opt = self.verify_opt, -1
+            if 2 * self._since_late >= self.verify_rate * self._since:  # not half as many misses: no real gain
+                self.block_until = t + self.down_block
+                self.down_block = min(2.0 * self.down_block, self.backoff_max_s)
+                return self._switch(prev, t, targets)
+            self.down_block = self.down_block_s
         if down:
             if late > self._hold_k or t >= self._hold_until:
                 return self._go_down(t, late, system)
@@ -317,6 +335,7 @@ class FeedbackPolicy(Policy):
                 if r >= 0:
                     self.probe_wait = self.probe_s
                     self.last_up_t = t
+                    self.verify_opt = -1
                     return self._switch(self.order[r], t, targets)
             return self.current
         self.up_since = None
@@ -329,6 +348,7 @@ class FeedbackPolicy(Policy):
                 nxt = self.order[self.rank[self.current] - 1]
                 if self.predicted_p95(nxt, self.models(t, system)) <= self._deadline:
                     self.probing = True
+                    self.verify_opt = -1
                     return self._switch(nxt, t, targets)
         else:
             self.slack_since = None
@@ -355,11 +375,15 @@ class FeedbackPolicy(Policy):
         the one predicted to miss least (the most accurate of those), and only if it at least halves the
         current option's misses: accuracy is traded only for a real gain (a preemption delay of a few ms
         late-frames a sub-millisecond member and its smaller siblings alike)."""
+        n = self.ratios[self._active].count
+        if t < self.block_until and self._late_run < self._down_k[n]:  # a step down just failed: hold
+            self._hold_k, self._hold_until = late, t + 0.1
+            return self.current
         models = self.models(t, system)
         r = self._first_fitting(models, self._budget, self._down_k, len(self.order))
         if r >= 0:
             choice = self.order[r]
-        elif models[self._active][3] is None or self._late_run >= self._down_k[self.ratios[self._active].count]:
+        elif models[self._active][3] is None or self._late_run >= self._down_k[n]:
             # no window yet, or a sustained slowdown (the latest frames in a row are a breach by themselves):
             # the option predicted fastest
             choice = min(range(len(self.options)), key=lambda i: self.predicted_p95(i, models))
@@ -370,8 +394,12 @@ class FeedbackPolicy(Policy):
                 if k < best:
                     choice, best = self.order[r], k
         if choice != self.current:  # right after an upward move, that move failed: the next waits twice as long
-            self.up_wait = min(2.0 * self.up_wait, self.up_wait_max_s) if t - self.last_up_t <= self.up_fail_s \
+            self.up_wait = min(2.0 * self.up_wait, self.backoff_max_s) if t - self.last_up_t <= self.up_fail_s \
                 else self.dwell_s
+            # measured misses (a window): verify the step against the option the first step of a cascade left;
+            # from the idle profile there is nothing to compare with
+            if self.verify_opt < 0:
+                self.verify_opt, self.verify_rate = (self.current, late / n) if n >= self.min_samples else (-1, 0.0)
             return self._switch(choice, t, self._tg)
         # already on the best we have: search again only after one more miss or after 0.1 s
         self._hold_k, self._hold_until = late, t + 0.1
