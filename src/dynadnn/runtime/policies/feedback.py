@@ -314,13 +314,10 @@ class FeedbackPolicy(Policy):
             down = pred > self._budget
         self._since += 1
         self._since_late += latency_ms > self._deadline
-        if self.verify_opt >= 0 and self._since >= VERIFY_WINDOWS * self.window:  # a step down shows its gain
-            prev, self.verify_opt = self.verify_opt, -1
-            if 2 * self._since_late >= self.verify_rate * self._since:  # not half as many misses: no real gain
-                self.block_until = t + self.down_block
-                self.down_block = min(2.0 * self.down_block, self.backoff_max_s)
-                return self._switch(prev, t, targets)
-            self.down_block = self.down_block_s
+        if self.verify_opt >= 0 and self._since >= VERIFY_WINDOWS * self.window:
+            undo = self._verify(t)
+            if undo >= 0:
+                return self._switch(undo, t, targets)
         if down:
             if late > self._hold_k or t >= self._hold_until:
                 return self._go_down(t, late, system)
@@ -339,8 +336,11 @@ class FeedbackPolicy(Policy):
                     return self._switch(self.order[r], t, targets)
             return self.current
         self.up_since = None
+        return self._probe(t, pred, targets, system)
 
-        # probing: slack persists but the model forbids going up
+    def _probe(self, t: float, pred: float, targets: Targets, system: SystemSample | None) -> int:
+        """Slack persists (current p95 `pred` well under the deadline) but the model forbids going up: one
+        step up, when it may."""
         if pred <= self.probe_slack * self._deadline and self.rank[self.current] > 0:
             if self.slack_since is None:
                 self.slack_since = t
@@ -353,6 +353,17 @@ class FeedbackPolicy(Policy):
         else:
             self.slack_since = None
         return self.current
+
+    def _verify(self, t: float) -> int:
+        """A step down shows its gain (under half the misses per frame of the option it left), or is undone:
+        the option to go back to (steps down then held, doubling), else -1."""
+        prev, self.verify_opt = self.verify_opt, -1
+        if 2 * self._since_late >= self.verify_rate * self._since:
+            self.block_until = t + self.down_block
+            self.down_block = min(2.0 * self.down_block, self.backoff_max_s)
+            return prev
+        self.down_block = self.down_block_s
+        return -1
 
     def _up_fits(self, th: int, model: Model, t: float, system: SystemSample | None) -> bool:
         """Does the fastest more accurate option of some context fit the upward limit? `model` is the
