@@ -192,3 +192,22 @@ def test_a_step_down_that_shows_no_gain_is_undone(impl):
             cur = nxt
         assert chosen.count(4) / len(chosen) >= 0.5, f"seed {seed}"
         assert impl is not FeedbackPolicy or undone >= 2
+
+
+@pytest.mark.parametrize("impl", ["python", pytest.param("native", marks=needs_c)])
+def test_ctrl_c_inside_an_inference_is_not_taken_for_a_failed_inference(impl):
+    """A KeyboardInterrupt raised while a runner runs (Python delivers SIGINT at the next bytecode) must stop
+    the serving loop, not be logged as a failed inference and re-run on the safe option."""
+    cls = PyServing if impl == "python" else NativeServing
+    monitor = PyLatencyMonitor() if impl == "python" else NativeLatencyMonitor()
+    recovered = []
+
+    def interrupted(x):
+        raise KeyboardInterrupt
+
+    s = cls([interrupted], [1.0], lambda n, lat, t: n, lambda x, i, e: recovered.append(e) or (x, 0))
+    s.set_targets(Targets(deadline_ms=50.0))
+    s.set_policy(Keep(), monitor)
+    with pytest.raises(KeyboardInterrupt):
+        s.predict("a")
+    assert recovered == []

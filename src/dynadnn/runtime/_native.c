@@ -944,6 +944,7 @@ static PyObject *serving_predict(ServingObject *s, PyObject *const *args, Py_ssi
     PyObject *y = PyObject_CallOneArg(runner, x);
     Py_DECREF(runner);
     if (!y) { /* the Python side logs, falls back to the safe option and re-runs the frame */
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return NULL; /* Ctrl-C, SystemExit: not a failed inference */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
