@@ -233,8 +233,11 @@ def test_ctrl_c_during_a_real_run_stops_competitors_removes_the_partial_output_a
     import sys
 
     out = tmp_path / "run"
+    # Ctrl-C as a terminal sends it: a test run in the background (`make test &`) inherits SIGINT ignored,
+    # and a Python started that way never turns it into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "dynadnn", *RUN, "--duration", "12", "--out", str(out)],
-                            env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     me, seen, deadline = psutil.Process(proc.pid), [], time.time() + 120
     try:
         while not seen and time.time() < deadline and proc.poll() is None:  # wait for the first competitor
