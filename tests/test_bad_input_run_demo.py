@@ -28,24 +28,32 @@ def no_family(monkeypatch):
     monkeypatch.setattr(experiment, "setup", setup)
 
 
+SHARED_CASES = [  # options `run` and `demo` both take, refused alike
+    (["--duration", "nan"], "--duration: expected a finite number"),
+    (["--duration", "-1"], "--duration: expected a number > 0"),
+    (["--duration", "0"], "--duration"),
+    (["--duration", "inf"], "--duration"),
+    (["--threads", "0"], "--threads"),
+    (["--threads", "999"], "--threads: 999 threads asked for"),
+]
+
+
 @pytest.mark.parametrize("extra, named", [
     (["--fps", "nan"], "--fps: expected a finite number"),
     (["--fps", "0"], "--fps: expected a number > 0"),
     (["--fps", "-1"], "--fps"),
     (["--fps", "inf"], "--fps: expected a finite number"),
-    (["--duration", "nan"], "--duration: expected a finite number"),
-    (["--duration", "-1"], "--duration: expected a number > 0"),
-    (["--duration", "0"], "--duration"),
-    (["--duration", "inf"], "--duration"),
+    *SHARED_CASES,
     (["--duration", "1e9"], "--duration"),
     (["--duration", "0.001"], "--duration: 0.001 s at 100 fps serves no frame"),
     (["--deadline-ms", "nan"], "--deadline-ms: expected a finite number"),
     (["--deadline-ms", "-5"], "--deadline-ms"),
     (["--min-top1", "150"], "--min-top1: expected a number >= 0 and <= 100"),
     (["--min-top1", "-1"], "--min-top1"),
-    (["--threads", "0"], "--threads"),
-    (["--threads", "999"], "--threads: 999 threads asked for"),
     (["--threads", "abc"], "--threads"),
+    (["--batch", "0"], "--batch"),
+    (["--batch", "2.5"], "--batch"),
+    (["--batch", "100000"], "--batch"),
     (["--threads", "1,999"], "--threads"),
     (["--members", "1"], "--members: expected an integer in 2..64"),
     (["--members", "0"], "--members"),
@@ -147,14 +155,9 @@ def test_run_refuses_an_unusable_out_before_serving(refused, no_family, tmp_path
 
 
 @pytest.mark.parametrize("extra, named", [
-    (["--duration", "-1"], "--duration: expected a number > 0"),
-    (["--duration", "0"], "--duration"),
-    (["--duration", "nan"], "--duration: expected a finite number"),
-    (["--duration", "inf"], "--duration"),
+    *SHARED_CASES,
     (["--members", "1"], "--members"),
     (["--members", "0"], "--members"),
-    (["--threads", "0"], "--threads"),
-    (["--threads", "999"], "--threads: 999 threads asked for"),
     (["--runs", "0"], "--runs"),
     (["--runs", "-3"], "--runs"),
     (["--switch-only", "--runs", "0"], "--runs"),

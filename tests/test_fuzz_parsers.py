@@ -292,33 +292,31 @@ def test_checkpoint_metadata_fields(art, data):
         read_checkpoint(w / "c.safetensors")
 
 
+def read_mutated_json(data, artifact, name: str, read) -> None:
+    """A copy of the `artifact` folder with its JSON file `name` mutated, then `read` on the file's folder."""
+    doc = data.draw(mutated(json.loads((artifact / name).read_text())))
+    with workdir(artifact) as w:
+        write_json(w / name, doc)
+        read((w / name).parent)
+
+
 @fuzz(50)
 @given(st.data())
 def test_family_json_fields(art, data):
-    doc = data.draw(mutated(json.loads((art["family"] / "family.json").read_text())))
-    with workdir(art["family"]) as w:
-        write_json(w / "family.json", doc)
-        read_family(w)
+    read_mutated_json(data, art["family"], "family.json", read_family)
 
 
 @fuzz(40)
 @given(st.data())
 def test_latency_table_fields(art, data):
-    table = art["profile"] / "cpu_1t"
     name = data.draw(st.sampled_from(["table.json", "20_lookup_table.json", "24_lookup_table.json"]))
-    doc = data.draw(mutated(json.loads((table / name).read_text())))
-    with workdir(art["profile"]) as w:
-        write_json(w / "cpu_1t" / name, doc)
-        read_table(w / "cpu_1t")
+    read_mutated_json(data, art["profile"], f"cpu_1t/{name}", read_table)
 
 
 @fuzz(40)
 @given(st.data())
 def test_predictor_json_fields(art, data):
-    doc = data.draw(mutated(json.loads((art["predictor"] / "predictor.json").read_text())))
-    with workdir(art["predictor"]) as w:
-        write_json(w / "predictor.json", doc)
-        read_predictor(w)
+    read_mutated_json(data, art["predictor"], "predictor.json", read_predictor)
 
 
 @fuzz(50)

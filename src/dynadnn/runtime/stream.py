@@ -27,6 +27,7 @@ from .scenario import Scenario, ScenarioRunner
 from .trace import Trace
 
 clock = time.perf_counter
+PR_SET_TIMERSLACK = 29  # <linux/prctl.h>
 
 
 @dataclass
@@ -113,7 +114,7 @@ def set_timer_slack(ns: int = 1000) -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(29, ctypes.c_ulong(ns), 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the default slack
         pass
 
