@@ -132,23 +132,28 @@ def test_a_scenario_asking_for_a_million_competitors_starts_none(refused, no_fam
     assert not psutil.Process().children(recursive=True)
 
 
-@pytest.mark.parametrize("case", ["file", "proc", "readonly", "other files", "result"])
-def test_run_refuses_an_unusable_out_before_serving(refused, no_family, tmp_path, case):
-    out = tmp_path / "out"
+def unusable_out(tmp_path, case: str, verb: str, result: str = "summary.json"):
+    """An --out the verb must refuse, and what its message names: a file, a folder under /proc, a read-only
+    parent, a folder of other files, or one holding an earlier result (`result`)."""
+    out = tmp_path / verb
     if case == "file":
         out.write_text("not a folder")
-        named = "exists and is not a directory"
-    elif case == "proc":
-        out, named = "/proc/dynadnn-run", "/proc/dynadnn-run: cannot write"
-    elif case == "readonly":
+        return out, "exists and is not a directory"
+    if case == "proc":
+        return f"/proc/dynadnn-{verb}", f"/proc/dynadnn-{verb}: cannot write"
+    if case == "readonly":
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")
         (tmp_path / "ro").mkdir(mode=0o555)
-        out, named = tmp_path / "ro" / "run", "cannot write"
-    else:
-        out.mkdir()
-        (out / ("summary.json" if case == "result" else "notes.txt")).write_text("{}")
-        named = "already holds a run (summary.json)" if case == "result" else "already holds other files"
+        return tmp_path / "ro" / verb, "cannot write"
+    out.mkdir()
+    (out / (result if case == "result" else "notes.txt")).write_text("{}")
+    return out, f"already holds a run ({result})" if case == "result" else "already holds other files; pass --overwrite"
+
+
+@pytest.mark.parametrize("case", ["file", "proc", "readonly", "other files", "result"])
+def test_run_refuses_an_unusable_out_before_serving(refused, no_family, tmp_path, case):
+    out, named = unusable_out(tmp_path, case, "run")
     t = time.perf_counter()
     refused(RUN + ["--duration", "1", "--out", out], named)
     assert time.perf_counter() - t < 10 and not psutil.Process().children(recursive=True)
@@ -174,16 +179,7 @@ def test_demo_refuses_an_unusable_out_before_part_1(refused, tmp_path, monkeypat
     import dynadnn.cli.switching as switching
 
     monkeypatch.setattr(switching, "load_source", lambda: pytest.fail("part 1 ran before --out was refused"))
-    out = tmp_path / "demo"
-    if case == "file":
-        out.write_text("x")
-        named = "exists and is not a directory"
-    elif case == "proc":
-        out, named = "/proc/dynadnn-demo", "cannot write"
-    else:
-        out.mkdir()
-        (out / "thesis.tex").write_text("precious")
-        named = "already holds other files; pass --overwrite"
+    out, named = unusable_out(tmp_path, case, "demo")
     refused(["demo", "--out", out], named)
 
 
